@@ -1,0 +1,39 @@
+"""User-facing errors: one clear line that names the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class UserError(Exception):
+    """A problem with the user's input (parameters, data file, directories).
+
+    The command line prints ``error: <message>`` and exits with status 2, without a traceback.
+    """
+
+
+class DataError(UserError):
+    """The MNIST file is missing, unreadable, or does not hold valid MNIST arrays."""
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """Turn a pydantic error into one line: ``dropout=1.5: must be < 1 (dropout rate in [0, 1))``."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item.get("loc", ())) or "value"
+        name = f"{prefix}{field}"
+        value = item.get("input")
+        message = item.get("msg", "invalid value")
+        message = message.replace("Input should be", "must be").replace("Value error, ", "")
+        if item.get("type") == "extra_forbidden":
+            parts.append(f"{name}: unknown parameter")
+        elif item.get("type") == "missing":
+            parts.append(f"{name}: required")
+        else:
+            parts.append(f"{name}={value!r}: {message}")
+    return "; ".join(parts)
+
+
+def as_user_error(error: ValidationError, prefix: str = "") -> UserError:
+    """Wrap a pydantic ValidationError as a UserError with a one-line message."""
+    return UserError(describe_validation_error(error, prefix))

@@ -1,0 +1,292 @@
+"""The trial unit: one cached, retried, memory-stable training task over a data handle.
+
+``train_trial(config, data)`` is the only place a network is trained by the flows. Its cache
+key is the trial key (config + data fingerprint + training-code version + backend), so a
+rerun, a resumed search, a larger grid or a random search that draws a config the grid
+already trained, trains only what is missing. ``run_trials`` fans trials out through a task
+runner and reports one line per finished trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.cli import say
+from tasks.config import TrialConfig, trial_key
+from tasks.data import DataHandle, default_data_dir, load_splits
+
+
+class TransientTrainingError(RuntimeError):
+    """A failure worth retrying (injected in tests; also raised for flaky I/O)."""
+
+
+class TrialResult(BaseModel):
+    """The small result of one trial: metrics, history, timings and the weights' path."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    trial_key: str
+    config: TrialConfig
+    data_fingerprint: str
+    backend: str = "compiled"
+    status: Literal["completed", "failed"] = "completed"
+    error: str | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    best_epoch: int | None = None
+    train_seconds: float | None = None
+    param_count: int | None = None
+    weights_path: str | None = None
+    model_summary: str = ""
+    history: list[dict[str, float]] = Field(default_factory=list)
+    cached: bool = False  # set when collected: True if this run did not train it
+
+    @property
+    def test_error_rate(self) -> float | None:
+        """Test error rate in percent."""
+        return None if self.test_accuracy is None else 100.0 * (1.0 - self.test_accuracy)
+
+    def row(self) -> dict[str, Any]:
+        """One flat row for the results table (Parquet)."""
+        return {
+            "trial_key": self.trial_key,
+            **self.config.model_dump(),
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+            "test_error_rate": self.test_error_rate,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "param_count": self.param_count,
+            "backend": self.backend,
+            "data_fingerprint": self.data_fingerprint,
+            "cached": self.cached,
+            "status": self.status,
+            "error": self.error,
+            "weights_path": self.weights_path,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Fault injection (tests and demos): PIPELINE_FAULTS='[{"units": 16, "times": 1}]'
+# --------------------------------------------------------------------------------------------
+def maybe_inject_fault(config: TrialConfig, attempt: int) -> None:
+    """Raise a TransientTrainingError for configs matched by ``$PIPELINE_FAULTS``.
+
+    Each rule is a JSON object of config fields to match plus ``times``: the number of
+    attempts that fail (``-1``: every attempt).
+    """
+    spec = os.environ.get("PIPELINE_FAULTS")
+    if not spec:
+        return
+    fields = config.model_dump()
+    for rule in json.loads(spec):
+        rule = dict(rule)
+        times = int(rule.pop("times", 1))
+        if all(fields.get(k) == v for k, v in rule.items()):
+            if times < 0 or attempt <= times:
+                raise TransientTrainingError(
+                    f"injected fault for {config.label()} (attempt {attempt})"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+def trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Prefect cache key = the trial key; no run id, so results are reused across runs."""
+    config = TrialConfig.model_validate(parameters["config"])
+    data = DataHandle.model_validate(parameters["data"])
+    return "trial-" + trial_key(config, data.fingerprint, parameters.get("backend", "compiled"))
+
+
+def _retry_delays() -> list[float]:
+    raw = os.environ.get("PIPELINE_RETRY_DELAYS", "2,8")
+    return [float(x) for x in raw.split(",") if x.strip()]
+
+
+def weights_path_for(key: str, data_dir: str | os.PathLike | None = None) -> Path:
+    return Path(data_dir or default_data_dir()) / "trials" / key / "model.weights.h5"
+
+
+def train_trial_fn(
+    config: TrialConfig,
+    data: DataHandle,
+    backend: str = "compiled",
+    data_dir: str | None = None,
+    attempt: int = 1,
+) -> TrialResult:
+    """Train one trial and return its small result (plain function, tested directly)."""
+    from tasks.engine import train_model
+
+    maybe_inject_fault(config, attempt)
+    key = trial_key(config, data.fingerprint, backend)
+    outcome = train_model(
+        config,
+        load_splits(data),
+        backend=backend,
+        weights_path=weights_path_for(key, data_dir),
+    )
+    return TrialResult(
+        trial_key=key,
+        config=config,
+        data_fingerprint=data.fingerprint,
+        backend=backend,
+        best_epoch=outcome.best_epoch,
+        train_seconds=round(outcome.seconds, 3),
+        param_count=outcome.param_count,
+        weights_path=outcome.weights_path,
+        model_summary=outcome.summary,
+        history=outcome.history,
+        **outcome.metrics,
+    )
+
+
+@task(
+    name="train-trial",
+    task_run_name="train {config.units}u-d{config.dropout}-{config.activation}"
+    "-lr{config.learning_rate}-b{config.batch_size}-e{config.epochs}",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=trial_cache_key),
+    persist_result=True,
+    result_serializer="json",
+    cache_result_in_memory=False,
+    retries=len(_retry_delays()),
+    retry_delay_seconds=_retry_delays(),
+    retry_jitter_factor=0.5,
+    tags=["tf-train"],
+)
+def train_trial(
+    config: TrialConfig,
+    data: DataHandle,
+    backend: str = "compiled",
+    data_dir: str | None = None,
+) -> TrialResult:
+    """Train one network (cached on the trial key; retried with backoff)."""
+    from prefect.runtime import task_run
+
+    return train_trial_fn(config, data, backend, data_dir, attempt=task_run.run_count or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Fan-out
+# --------------------------------------------------------------------------------------------
+def failed_result(
+    config: TrialConfig, data: DataHandle, backend: str, error: BaseException | str
+) -> TrialResult:
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return TrialResult(
+        trial_key=trial_key(config, data.fingerprint, backend),
+        config=config,
+        data_fingerprint=data.fingerprint,
+        backend=backend,
+        status="failed",
+        error=message.strip().splitlines()[-1][:500] if message.strip() else "failed",
+    )
+
+
+def progress_line(result: TrialResult, done: int, total: int) -> str:
+    """One terminal line per finished trial."""
+    width = len(str(total))
+    head = f"[{done:>{width}}/{total}] {result.config.label()}"
+    if result.status == "failed":
+        return f"{head} -> FAILED: {result.error}"
+    source = "cached" if result.cached else f"trained in {result.train_seconds:.1f}s"
+    return (
+        f"{head} -> val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} ({source})"
+    )
+
+
+def unique_configs(configs: Sequence[TrialConfig]) -> list[TrialConfig]:
+    """Configs in first-seen order without repeats (a repeated config trains once)."""
+    seen: dict[str, TrialConfig] = {}
+    for config in configs:
+        seen.setdefault(config.canonical_json(), config)
+    return list(seen.values())
+
+
+def run_trials(
+    configs: Sequence[TrialConfig],
+    data: DataHandle,
+    task_runner,
+    backend: str = "compiled",
+    data_dir: str | None = None,
+    progress_key: str | None = None,
+    on_result: Callable[[TrialResult, int, int], None] | None = None,
+) -> list[TrialResult]:
+    """Run one cached, retried ``train_trial`` per distinct config through ``task_runner``
+    (entered here) and return results in the order of ``configs`` (repeats share a result).
+
+    Must be called inside a flow. Prints one line per finished trial, updates a progress
+    artifact, and never raises for a failed trial: it comes back with ``status="failed"``.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    logger = get_run_logger()
+    distinct = unique_configs(configs)
+    total = len(distinct)
+    progress_id = create_progress_artifact(
+        0.0, key=progress_key, description=f"{total} trials finished, in percent"
+    )
+    by_config: dict[str, TrialResult] = {}
+    with task_runner as runner:
+        futures = {
+            runner.submit(
+                train_trial,
+                parameters={
+                    "config": config,
+                    "data": data,
+                    "backend": backend,
+                    "data_dir": data_dir,
+                },
+            ): config
+            for config in distinct
+        }
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            config = futures[future]
+            future.wait()  # records the final state on the future
+            state = future.state
+            if state.is_completed():
+                result = future.result()
+                result = result.model_copy(update={"cached": state.name == "Cached"})
+            else:
+                error = future.result(raise_on_failure=False)
+                if not isinstance(error, BaseException):
+                    error = state.message or "failed"
+                result = failed_result(config, data, backend, error)
+                logger.debug("trial failed: %s", "".join(traceback.format_exception(error))
+                             if isinstance(error, BaseException) else error)
+            by_config[config.canonical_json()] = result
+            say(progress_line(result, done, total))
+            if on_result:
+                on_result(result, done, total)
+            update_progress_artifact(progress_id, 100.0 * done / total)
+    return [by_config[config.canonical_json()] for config in configs]
+
+
+def count_sources(results: Sequence[TrialResult]) -> dict[str, int]:
+    """How many distinct trials were trained now, came from the cache, or failed."""
+    distinct = {r.trial_key: r for r in results}.values()
+    return {
+        "trials": len(distinct),
+        "trained": sum(1 for r in distinct if r.status == "completed" and not r.cached),
+        "cached": sum(1 for r in distinct if r.status == "completed" and r.cached),
+        "failed": sum(1 for r in distinct if r.status == "failed"),
+    }

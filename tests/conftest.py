@@ -1,0 +1,71 @@
+"""Test set-up: isolated Prefect home and result storage, fast retries, synthetic MNIST."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect: results, database and cache records go to a temp dir.
+_HOME = Path(tempfile.mkdtemp(prefix="mnist-search-tests-"))
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_HOME / "prefect" / "storage")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PIPELINE_RETRY_DELAYS"] = "0,0"
+os.environ["PIPELINE_DATA_DIR"] = str(_HOME / "data")
+os.environ["PIPELINE_REPORTS_DIR"] = str(_HOME / "reports")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PIPELINE_FAULTS", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_mnist(n_train: int = 600, n_test: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small, learnable MNIST look-alike: one random 28x28 prototype per class plus noise,
+    uint8 pixels, labels 0..9, in Keras' layout."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(0, 255, size=(10, 28, 28))
+
+    def make(n):
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        x = prototypes[y] * 0.6 + rng.uniform(0, 255, size=(n, 28, 28)) * 0.4
+        return np.clip(x, 0, 255).astype(np.uint8), y
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_file(tmp_path_factory) -> Path:
+    """A synthetic Keras-format mnist.npz: 600 train / 10000 test images, so the exercise's
+    default split (validation = x_test[8000:], test = x_test[:8000]) applies."""
+    arrays = synthetic_mnist(n_train=600, n_test=10000)
+    return write_npz(tmp_path_factory.mktemp("mnist") / "mnist.npz", arrays)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (flow tests use it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """The real MNIST named by MNIST_PATH; skipped (with the reason) where it is absent."""
+    path = os.environ.get("MNIST_PATH")
+    if not path or not Path(path).exists():
+        pytest.skip("real MNIST not available: set MNIST_PATH to a Keras-format mnist.npz")
+    return Path(path)

@@ -1,0 +1,45 @@
+import pytest
+
+from tasks.config import TrialConfig, make_config, make_split, trial_key
+from tasks.errors import UserError
+
+
+def test_defaults_are_the_exercise_baseline():
+    c = TrialConfig()
+    assert (c.units, c.dropout, c.activation, c.batch_size, c.epochs) == (128, 0.3, "relu", 1000, 10)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("dropout", 1.0, "dropout=1.0"),
+        ("dropout", -0.1, "dropout=-0.1"),
+        ("units", 0, "units=0"),
+        ("batch_size", 0, "batch_size=0"),
+        ("epochs", 0, "epochs=0"),
+        ("learning_rate", 0.0, "learning_rate=0.0"),
+        ("learning_rate", -1e-3, "learning_rate=-0.001"),
+        ("activation", "swish", "'relu', 'elu', 'sigmoid' or 'tanh'"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_what_is_allowed(field, value, words):
+    with pytest.raises(UserError) as info:
+        make_config(**{field: value})
+    message = str(info.value)
+    assert words in message
+    assert "\n" not in message
+
+
+def test_trial_key_depends_on_config_data_and_backend_only():
+    a = TrialConfig(units=64, dropout=0.1)
+    same = TrialConfig(units=64, dropout=0.1000000000001)
+    assert trial_key(a, "fp") == trial_key(same, "fp")
+    assert trial_key(a, "fp") != trial_key(TrialConfig(units=64, dropout=0.2), "fp")
+    assert trial_key(a, "fp") != trial_key(a, "other-data")
+    assert trial_key(a, "fp") != trial_key(a, "fp", backend="keras")
+    assert trial_key(a, "fp") != trial_key(a.model_copy(update={"seed": 1}), "fp")
+
+
+def test_split_rejects_non_positive_subset():
+    with pytest.raises(UserError, match="train_samples=0"):
+        make_split(train_samples=0)

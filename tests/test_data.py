@@ -1,0 +1,127 @@
+"""Data loading, validation, splitting, processed files and their reuse."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_mnist, write_npz
+
+from tasks.config import SplitSpec
+from tasks.data import (
+    check_mnist_file,
+    load_splits,
+    prepare_data,
+    read_split,
+    split_arrays,
+    validate_mnist,
+)
+from tasks.errors import DataError
+
+
+def test_good_data_validates():
+    validate_mnist(synthetic_mnist())
+
+
+def bad(**changes):
+    arrays = synthetic_mnist(n_train=50, n_test=30)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value(arrays[key]) if callable(value) else value
+    return arrays
+
+
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        (bad(x_train=lambda x: x.reshape(50, 784)), "x_train has shape (50, 784)"),
+        (bad(x_test=lambda x: x[:, :27, :]), "x_test has shape (30, 27, 28)"),
+        (bad(y_train=lambda y: y[:10]), "y_train has shape (10,)"),
+        (bad(x_train=lambda x: x.astype(np.float32) * np.nan), "NaN"),
+        (bad(x_train=lambda x: x.astype(np.float32) + 300), "pixels range"),
+        (bad(y_test=lambda y: (y + 5).astype(np.int64)), "labels range"),
+        (bad(y_train=lambda y: y.astype(np.float32)), "expected integer labels"),
+        (bad(x_train=lambda x: x.astype(str)), "dtype"),
+    ],
+)
+def test_bad_arrays_are_rejected_with_a_clear_message(arrays, words):
+    with pytest.raises(DataError) as info:
+        validate_mnist(arrays, "mnist.npz")
+    assert words in str(info.value)
+    assert str(info.value).startswith("mnist.npz: ")
+
+
+def test_file_problems_name_the_file(tmp_path):
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(DataError, match="nope.npz: file not found"):
+        check_mnist_file(missing)
+    good = write_npz(tmp_path / "good.npz", synthetic_mnist(n_train=40, n_test=30))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match="truncated.npz: not a readable .npz"):
+        check_mnist_file(truncated)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="text.npz: not a readable .npz"):
+        check_mnist_file(text)
+    renamed = tmp_path / "renamed.npz"
+    arrays = synthetic_mnist(n_train=40, n_test=30)
+    np.savez(renamed, images=arrays["x_train"], labels=arrays["y_train"])
+    with pytest.raises(DataError, match=r"renamed.npz: missing arrays \['x_train'"):
+        check_mnist_file(renamed)
+
+
+def test_subset_larger_than_data_is_rejected(mnist_file):
+    with pytest.raises(DataError, match="train_samples=601: larger than the 600"):
+        check_mnist_file(mnist_file, SplitSpec(train_samples=601))
+    with pytest.raises(DataError, match="test_size=10000"):
+        check_mnist_file(mnist_file, SplitSpec(test_size=10000))
+
+
+def test_split_sizes_values_and_no_overlap():
+    arrays = synthetic_mnist(n_train=100, n_test=50)
+    splits = split_arrays(arrays, SplitSpec(train_samples=80, test_size=30))
+    assert splits.x_train.shape == (80, 784) and splits.x_train.dtype == np.float32
+    assert len(splits.x_val) == 20 and len(splits.x_test) == 30
+    assert 0.0 <= splits.x_train.min() and splits.x_train.max() <= 1.0
+    np.testing.assert_allclose(splits.x_test[0], arrays["x_test"][0].reshape(-1) / 255.0, 1e-6)
+    np.testing.assert_array_equal(splits.x_val[0] * 255, arrays["x_test"][30].reshape(-1))
+    test_rows = {row.tobytes() for row in splits.x_test}
+    assert not any(row.tobytes() in test_rows for row in splits.x_val)
+
+
+def test_prepare_writes_once_reuses_and_rebuilds_damaged_files(mnist_file, tmp_path):
+    split = SplitSpec(test_size=200)
+    handle, reused = prepare_data(mnist_file, split, tmp_path)
+    assert not reused
+    assert (handle.train_size, handle.validation_size, handle.test_size) == (600, 9800, 200)
+    first_mtime = handle.path("train").stat().st_mtime_ns
+    again, reused = prepare_data(mnist_file, split, tmp_path)
+    assert reused and again == handle
+    assert handle.path("train").stat().st_mtime_ns == first_mtime
+    # a truncated processed file is detected by its checksum and rebuilt
+    path = handle.path("train")
+    path.write_bytes(path.read_bytes()[:1000])
+    rebuilt, reused = prepare_data(mnist_file, split, tmp_path)
+    assert not reused and rebuilt == handle
+    x, y = read_split(handle.path("train"))
+    assert x.shape == (600, 784) and y.shape == (600,)
+    # a different subset is a different fingerprint
+    other, _ = prepare_data(mnist_file, SplitSpec(test_size=200, train_samples=100), tmp_path)
+    assert other.fingerprint != handle.fingerprint and other.train_size == 100
+    leftovers = [p for p in Path(tmp_path, "processed").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_load_splits_roundtrip(mnist_file, tmp_path):
+    handle, _ = prepare_data(mnist_file, SplitSpec(test_size=200), tmp_path)
+    splits = load_splits(handle)
+    assert load_splits(handle) is splits  # once per process
+    assert splits.x_train.shape == (600, 784) and splits.y_test.shape == (200,)
+
+
+def test_mnist_path_environment_variable(mnist_file, monkeypatch):
+    monkeypatch.setenv("MNIST_PATH", os.fspath(mnist_file))
+    assert check_mnist_file(None) == mnist_file
