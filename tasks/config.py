@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tasks.errors import UserError, as_user_error
+from tasks.errors import as_user_error
 
 Activation = Literal["relu", "elu", "sigmoid", "tanh"]
 Backend = Literal["compiled", "keras"]

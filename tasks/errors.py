@@ -17,7 +17,7 @@ class DataError(UserError):
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """Turn a pydantic error into one line: ``dropout=1.5: must be < 1 (dropout rate in [0, 1))``."""
+    """Turn a pydantic error into one line, e.g. ``dropout=1.5: must be less than 1``."""
     parts = []
     for item in error.errors():
         field = ".".join(str(p) for p in item.get("loc", ())) or "value"

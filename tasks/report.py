@@ -138,7 +138,9 @@ def grid_lines(frame: pd.DataFrame) -> str:
     lines = []
     for row in frame.itertuples():
         if row.status != "completed":
-            lines.append(f"dropout = {row.dropout:.2f}, {row.units} neurons -> FAILED ({row.error})")
+            lines.append(
+                f"dropout = {row.dropout:.2f}, {row.units} neurons -> FAILED ({row.error})"
+            )
         else:
             lines.append(
                 f"dropout = {row.dropout:.2f}, {row.units} neurons -> accuracy "

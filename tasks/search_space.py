@@ -94,7 +94,8 @@ def expand_grid(space: SearchSpace) -> list[TrialConfig]:
     """Every combination, dropout-major like the exercise's nested loops."""
     combos = itertools.product(*(getattr(space, name) for name in SEARCH_FIELDS))
     return [
-        make_config(epochs=space.epochs, seed=space.seed, **dict(zip(SEARCH_FIELDS, combo)))
+        make_config(epochs=space.epochs, seed=space.seed,
+                    **dict(zip(SEARCH_FIELDS, combo, strict=True)))
         for combo in combos
     ]
 

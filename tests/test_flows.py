@@ -1,0 +1,135 @@
+"""Flow runs under a temporary Prefect API, on synthetic data: caching, retries, failures,
+reports."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.grid import grid_search
+from flows.random_search import random_search
+from flows.train import baseline
+from tasks.config import TrialConfig
+from tasks.search_space import make_space, make_study_plan
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run_grid(mnist_file, tmp_path, **space):
+    space = make_space(**{"batch_size": [100], "epochs": 1, **space})
+    folder = grid_search(space=space, data=str(mnist_file), reports_dir=str(tmp_path / "reports"))
+    return Path(folder), pd.read_parquet(Path(folder) / "trials.parquet")
+
+
+def test_baseline_flow_writes_the_full_report(mnist_file, tmp_path):
+    config = TrialConfig(units=16, epochs=2, batch_size=100)
+    folder = Path(baseline(config=config, data=str(mnist_file),
+                           reports_dir=str(tmp_path / "reports")))
+    assert folder.parent == tmp_path / "reports" and folder.name.startswith("baseline-")
+    names = {p.name for p in folder.iterdir()}
+    for expected in ("report.md", "history.png", "confusion_matrix.png", "history.parquet",
+                     "first_test_images.png", "misclassified_grid.png", "model.weights.h5",
+                     "misclassified_01.png", "evaluation.txt", "model_summary.txt"):
+        assert expected in names
+    history = pd.read_parquet(folder / "history.parquet")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
+    report = (folder / "report.md").read_text()
+    assert "| Test" in report and "Error rate [%]" in report and "12,730" in report
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".staging")]
+
+
+def test_grid_caches_across_runs_and_a_changed_parameter_misses(mnist_file, tmp_path, capsys):
+    folder, first = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.5], units=[8, 16])
+    assert len(first) == 4 and not first["cached"].any()
+    assert (first["status"] == "completed").all()
+    out = capsys.readouterr().out
+    assert "Grid done: 4 trained, 0 from cache" in out and out.count("(trained in") == 4
+    _, second = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.5], units=[8, 16])
+    assert second["cached"].all()
+    assert "Grid done: 0 trained, 4 from cache" in capsys.readouterr().out
+    pd.testing.assert_series_equal(first["test_accuracy"], second["test_accuracy"])
+    # a larger grid trains only its new cells; another epoch count is a miss
+    _, larger = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.5], units=[8, 16, 24])
+    assert larger["cached"].sum() == 4 and (~larger["cached"]).sum() == 2
+    _, changed = run_grid(mnist_file, tmp_path, dropout=[0.0], units=[8], epochs=2)
+    assert not changed["cached"].any()
+
+
+def test_report_content_matches_the_parquet_table(mnist_file, tmp_path):
+    folder, trials = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.3], units=[8, 32])
+    expected = {"trial_key", "units", "dropout", "activation", "learning_rate", "batch_size",
+                "epochs", "seed", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                "test_error_rate", "train_seconds", "cached", "status"}
+    assert expected <= set(trials.columns)
+    assert trials["trial_key"].is_unique
+    assert ((trials["test_error_rate"] - 100 * (1 - trials["test_accuracy"])).abs() < 1e-9).all()
+    best = trials.loc[trials["val_accuracy"].idxmax()]
+    report = (folder / "report.md").read_text()
+    assert f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**" in report
+    for row in trials.itertuples():
+        assert (f"dropout = {row.dropout:.2f}, {row.units} neurons -> accuracy "
+                f"{row.test_accuracy:.3f}") in report
+    assert (folder / "heatmap_test_accuracy.png").stat().st_size > 5000
+
+
+def test_a_transient_failure_is_retried(mnist_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 12, "times": 1}]))
+    _, trials = run_grid(mnist_file, tmp_path, dropout=[0.0], units=[12])
+    assert trials.loc[0, "status"] == "completed" and not trials.loc[0, "cached"]
+
+
+def test_a_permanent_failure_is_reported_and_the_others_finish(mnist_file, tmp_path,
+                                                               monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 13, "times": -1}]))
+    folder, trials = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.2], units=[13, 14])
+    failed = trials[trials["status"] == "failed"]
+    assert sorted(failed["units"]) == [13, 13]
+    assert failed["error"].str.contains("injected fault").all()
+    assert failed["test_accuracy"].isna().all()
+    assert (trials[trials["units"] == 14]["status"] == "completed").all()
+    assert "FAILED" in (folder / "report.md").read_text()
+    assert "2 failed" in capsys.readouterr().out
+    # once the fault is gone, the failed cells train and the others come from the cache
+    monkeypatch.delenv("PIPELINE_FAULTS")
+    _, again = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.2], units=[13, 14])
+    assert (again["status"] == "completed").all()
+    assert list(again["cached"]) == [False, True, False, True]
+
+
+def test_random_study_reuses_cached_trials_across_n_and_repeats(mnist_file, tmp_path, capsys):
+    space = make_space(units=[9, 17], dropout=[0.0, 0.5], batch_size=[100], epochs=1)
+    plan = make_study_plan(n_values=[2, 3], protocol="repeats", repeats=2)
+    folder = Path(random_search(space=space, study=plan, seed=0, data=str(mnist_file),
+                                reports_dir=str(tmp_path / "r")))
+    out = capsys.readouterr().out
+    # 10 trainings asked for from a space of 4 configs: at most 4 are trained
+    assert "10 trainings asked for, 4 distinct configurations" in out
+    assert "Random search done: 4 trained, 0 from cache" in out
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 4 and trials["trial_key"].is_unique
+    study = pd.read_parquet(folder / "best_of_n.parquet")
+    assert list(study["n"]) == [2, 3] and list(study["samples"]) == [2, 2]
+    assert (study["max_test_mean"] >= study["val_selected_test_mean"] - 1e-12).all()
+    assert (folder / "best_of_n.png").exists() and (folder / "hyperparameters.png").exists()
+    # the same study again: everything from the cache; the pool protocol reuses them too
+    random_search(space=space, study=plan, seed=0, data=str(mnist_file),
+                  reports_dir=str(tmp_path / "r"))
+    assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
+    pool = make_study_plan(n_values=[2, 3], protocol="pool", pool_size=4)
+    folder = Path(random_search(space=space, study=pool, seed=3, data=str(mnist_file),
+                                reports_dir=str(tmp_path / "r")))
+    assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
+    study = pd.read_parquet(folder / "best_of_n.parquet")
+    assert list(study["pool_size"]) == [4, 4]
+
+
+def test_a_config_the_grid_trained_is_not_trained_again_by_random_search(
+        mnist_file, tmp_path, capsys):
+    run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[20])
+    capsys.readouterr()
+    space = make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100], epochs=1)
+    random_search(space=space, trials=2, seed=5, data=str(mnist_file),
+                  reports_dir=str(tmp_path / "r"))
+    assert "Random search done: 0 trained, 2 from cache" in capsys.readouterr().out
