@@ -86,6 +86,8 @@ def quiet_logs(verbose: bool) -> None:
     still send their INFO logs to the Prefect UI) and TensorFlow's start-up stays quiet.
     Call before the first flow run (Prefect configures its logging then)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary local server can take longer than Prefect's 20 s on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if verbose:
         os.environ["PIPELINE_TF_LOGS"] = "1"
         return

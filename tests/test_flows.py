@@ -133,3 +133,19 @@ def test_a_config_the_grid_trained_is_not_trained_again_by_random_search(
     random_search(space=space, trials=2, seed=5, data=str(mnist_file),
                   reports_dir=str(tmp_path / "r"))
     assert "Random search done: 0 trained, 2 from cache" in capsys.readouterr().out
+
+
+def test_a_damaged_cached_result_is_recomputed_not_trusted(mnist_file, tmp_path):
+    import os
+
+    _, first = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[11])
+    storage = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
+    damaged = storage / f"trial-{first.loc[0, 'trial_key']}"
+    assert damaged.exists()
+    damaged.write_bytes(damaged.read_bytes()[:150])  # truncated mid-JSON
+    _, second = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[11])
+    assert list(second["cached"]) == [False, True]
+    assert (second["status"] == "completed").all()
+    assert second.loc[0, "test_accuracy"] == pytest.approx(first.loc[0, "test_accuracy"])
+    _, third = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[11])
+    assert third["cached"].all()  # the recomputed entry was stored again

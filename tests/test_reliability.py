@@ -1,0 +1,107 @@
+"""Reliability: kill and resume, concurrent runs on one cache, damaged cache entries."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import PROJECT_ROOT
+
+GRID = ["--dropout", "0", "0.2", "0.4", "--units", "8", "16", "--batch-size", "100",
+        "--epochs", "1"]
+
+
+def grid_command(mnist_file, reports):
+    return [sys.executable, "flows/grid.py", "--data", str(mnist_file),
+            "--reports-dir", str(reports), *GRID]
+
+
+def environment(home: Path) -> dict[str, str]:
+    """A separate Prefect home, result storage and data dir: a user's machine."""
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home / "prefect"),
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect" / "storage"),
+               PIPELINE_DATA_DIR=str(home / "data"), PYTHONPATH=str(PROJECT_ROOT),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+def run(command, env, timeout=300):
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def report_folder(stdout: str) -> Path:
+    [line] = [line for line in stdout.splitlines() if line.startswith("Report: ")]
+    return Path(line.removeprefix("Report: "))
+
+
+def counts(stdout: str) -> str:
+    [line] = [line for line in stdout.splitlines() if line.startswith("Grid done: ")]
+    return line
+
+
+@pytest.mark.slow
+def test_kill_and_resume_trains_only_the_unfinished_cells(mnist_file, tmp_path):
+    env = environment(tmp_path / "home")
+    reports = tmp_path / "reports"
+    process = subprocess.Popen(grid_command(mnist_file, reports), cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    finished = 0
+    deadline = time.monotonic() + 240
+    while finished < 2 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        finished += line.startswith("[") and "trained in" in line
+    os.killpg(process.pid, signal.SIGKILL)  # the flow, its temporary server, everything
+    process.wait(timeout=30)
+    assert finished >= 2
+    assert not reports.exists() or not [p for p in reports.iterdir() if not p.name.startswith(".")]
+
+    resumed = run(grid_command(mnist_file, reports), env)
+    done = counts(resumed)
+    match = re.match(r"Grid done: (\d+) trained, (\d+) from cache", done)
+    trained, cached = map(int, match.groups())
+    assert cached >= finished and trained + cached == 6, done
+    trials = pd.read_parquet(report_folder(resumed) / "trials.parquet")
+    assert len(trials) == 6 and (trials["status"] == "completed").all()
+    assert not any(p.name.startswith(".") for p in reports.iterdir()
+                   if p.name not in (".write-test",))
+
+    # an uninterrupted run on a fresh machine gives the same table
+    fresh = run(grid_command(mnist_file, tmp_path / "reports2"), environment(tmp_path / "h2"))
+    reference = pd.read_parquet(report_folder(fresh) / "trials.parquet")
+    columns = ["trial_key", "val_accuracy", "test_accuracy", "test_loss"]
+    pd.testing.assert_frame_equal(trials[columns], reference[columns], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_of_the_same_grid(mnist_file, tmp_path):
+    env = environment(tmp_path / "home")
+    reports = tmp_path / "reports"
+    processes = [subprocess.Popen(grid_command(mnist_file, reports), cwd=PROJECT_ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=400) for p in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    tables = [pd.read_parquet(report_folder(out) / "trials.parquet") for out, _ in outputs]
+    assert report_folder(outputs[0][0]) != report_folder(outputs[1][0])
+    for table in tables:
+        assert len(table) == 6 and (table["status"] == "completed").all()
+    trained = sum((~t["cached"]).sum() for t in tables)
+    assert 6 <= trained <= 12  # each cell trained at least once, at most once per run
+    columns = ["trial_key", "test_accuracy"]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns], rtol=1e-5)
+    # afterwards the cache is sound: a third run trains nothing
+    assert "Grid done: 0 trained, 6 from cache" in run(grid_command(mnist_file, reports), env)
