@@ -149,3 +149,21 @@ def test_a_damaged_cached_result_is_recomputed_not_trusted(mnist_file, tmp_path)
     assert second.loc[0, "test_accuracy"] == pytest.approx(first.loc[0, "test_accuracy"])
     _, third = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[11])
     assert third["cached"].all()  # the recomputed entry was stored again
+
+
+def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
+    import re
+
+    from flows.exercise import exercise
+
+    space = make_space(units=[10, 18], dropout=[0.0, 0.5], batch_size=[100], epochs=1)
+    folder = Path(exercise(
+        baseline_config=TrialConfig(units=10, epochs=1, batch_size=100),
+        grid=make_space(units=[10], dropout=[0.0, 0.5], batch_size=[100], epochs=1),
+        random_space=space, study=make_study_plan(n_values=[2, 3], pool_size=4),
+        data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+    report = (folder / "report.md").read_text()
+    for heading in ("# Baseline", "# Grid search", "# Random search", "Max accuracy estimate"):
+        assert heading in report
+    links = re.findall(r"\]\(([^)]+\.png)\)", report)
+    assert len(links) > 10 and all((folder / link).resolve().exists() for link in links)
