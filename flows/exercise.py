@@ -25,14 +25,12 @@ from flows.train import baseline
 from tasks.cli import (
     add_common_options,
     add_runner_options,
-    check_runner,
+    check_inputs,
     quiet_logs,
     run_cli,
     say,
 )
-from tasks.config import Backend, TrialConfig, make_config, make_split
-from tasks.data import check_mnist_file
-from tasks.report import check_writable_dir, default_reports_dir
+from tasks.config import Backend, TrialConfig, make_config
 from tasks.report_exercise import exercise_report
 from tasks.runners import RunnerKind
 from tasks.search_space import (
@@ -98,10 +96,7 @@ def main(argv: list[str] | None = None) -> str:
     study = make_study_plan(n_values=args.n, protocol=args.protocol, repeats=args.repeats,
                             pool_size=args.pool_size)
     study_configs(study, space, args.seed)
-    check_runner(args.runner, args.workers)
-    split = make_split(args.train_samples)
-    check_writable_dir(args.reports_dir or default_reports_dir())
-    check_mnist_file(args.data, split)
+    check_inputs(args)
     return exercise(baseline_config=baseline_config, grid=grid, random_space=space, study=study,
                     seed=args.seed, data=args.data, train_samples=args.train_samples,
                     reports_dir=args.reports_dir, data_dir=args.data_dir, backend=args.backend,

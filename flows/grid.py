@@ -23,14 +23,13 @@ from tasks.cli import (
     add_common_options,
     add_hyperparameter_options,
     add_runner_options,
-    check_runner,
+    check_inputs,
     quiet_logs,
     run_cli,
     say,
 )
-from tasks.config import Backend, SplitSpec, make_split
-from tasks.data import check_mnist_file, prepare_data_task
-from tasks.report import check_writable_dir, default_reports_dir
+from tasks.config import Backend, SplitSpec
+from tasks.data import prepare_data_task
 from tasks.report_grid import grid_report
 from tasks.runners import RunnerKind, make_task_runner
 from tasks.search_space import DEFAULT_GRID, SearchSpace, expand_grid, make_space
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> str:
     space = make_space(dropout=args.dropout, units=args.units, activation=args.activation,
                        learning_rate=args.learning_rate, batch_size=args.batch_size,
                        epochs=args.epochs, seed=args.seed)
-    check_runner(args.runner, args.workers)
-    split = make_split(args.train_samples)
-    check_writable_dir(args.reports_dir or default_reports_dir())
-    check_mnist_file(args.data, split)
+    check_inputs(args)
     return grid_search(space=space, data=args.data, train_samples=args.train_samples,
                        reports_dir=args.reports_dir, data_dir=args.data_dir,
                        backend=args.backend, runner=args.runner, workers=args.workers,

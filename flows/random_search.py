@@ -25,14 +25,14 @@ from tasks.cli import (
     add_common_options,
     add_hyperparameter_options,
     add_runner_options,
-    check_runner,
+    check_inputs,
     quiet_logs,
     run_cli,
     say,
 )
-from tasks.config import Backend, SplitSpec, make_split
-from tasks.data import check_mnist_file, prepare_data_task
-from tasks.report import check_writable_dir, default_reports_dir, trials_frame
+from tasks.config import Backend, SplitSpec
+from tasks.data import prepare_data_task
+from tasks.report import trials_frame
 from tasks.report_random import random_report
 from tasks.runners import RunnerKind, make_task_runner
 from tasks.search_space import (
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> str:
         say(f"Study needs {trainings_needed(study, space)} trainings before caching")
     elif args.trials > space.size or args.trials < 1:
         sample_configs(space, args.trials, args.seed)  # raises the clear error
-    check_runner(args.runner, args.workers)
-    split = make_split(args.train_samples)
-    check_writable_dir(args.reports_dir or default_reports_dir())
-    check_mnist_file(args.data, split)
+    check_inputs(args)
     return random_search(space=space, trials=args.trials, study=study, seed=args.seed,
                          data=args.data, train_samples=args.train_samples,
                          reports_dir=args.reports_dir, data_dir=args.data_dir,

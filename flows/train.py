@@ -19,10 +19,16 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from prefect import flow
 
-from tasks.cli import add_common_options, add_hyperparameter_options, quiet_logs, run_cli, say
-from tasks.config import Backend, SplitSpec, TrialConfig, make_config, make_split
-from tasks.data import check_mnist_file, prepare_data_task
-from tasks.report import check_writable_dir, default_reports_dir
+from tasks.cli import (
+    add_common_options,
+    add_hyperparameter_options,
+    check_inputs,
+    quiet_logs,
+    run_cli,
+    say,
+)
+from tasks.config import Backend, SplitSpec, TrialConfig, make_config
+from tasks.data import prepare_data_task
 from tasks.report_baseline import baseline_report
 from tasks.runners import make_task_runner
 from tasks.training import run_trials
@@ -63,9 +69,7 @@ def main(argv: list[str] | None = None) -> str:
     config = make_config(units=args.units, dropout=args.dropout, activation=args.activation,
                          learning_rate=args.learning_rate, batch_size=args.batch_size,
                          epochs=args.epochs, seed=args.seed)
-    split = make_split(args.train_samples)
-    check_writable_dir(args.reports_dir or default_reports_dir())
-    check_mnist_file(args.data, split)
+    check_inputs(args)
     return baseline(config=config, data=args.data, train_samples=args.train_samples,
                     reports_dir=args.reports_dir, data_dir=args.data_dir, backend=args.backend)
 

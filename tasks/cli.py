@@ -81,6 +81,20 @@ def check_runner(runner: str, workers: int) -> None:
         raise UserError(f"workers={workers}: must be at least 1")
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before Prefect or TensorFlow start: fan-out options, training subset,
+    reports directory and the data file (read and validated)."""
+    from tasks.config import make_split
+    from tasks.data import check_mnist_file
+    from tasks.report import check_writable_dir, default_reports_dir
+
+    if hasattr(args, "workers"):
+        check_runner(args.runner, args.workers)
+    split = make_split(args.train_samples)
+    check_writable_dir(args.reports_dir or default_reports_dir())
+    check_mnist_file(args.data, split)
+
+
 def quiet_logs(verbose: bool) -> None:
     """Keep the terminal to one line per trial: Prefect's console shows warnings only (runs
     still send their INFO logs to the Prefect UI) and TensorFlow's start-up stays quiet.
