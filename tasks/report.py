@@ -114,9 +114,18 @@ def best_trial(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.Series | Non
 
 
 def markdown_table(rows: Sequence[dict[str, Any]] | pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub-markdown table: floats with ``floatfmt``, strings exactly as given (so a
+    learning rate formatted as ``1e-05`` stays that way)."""
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    return tabulate(rows, headers="keys", tablefmt="github", floatfmt=floatfmt)
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, (float, np.floating)):
+            return "" if np.isnan(value) else format(float(value), floatfmt)
+        return value
+
+    rows = [{key: cell(value) for key, value in row.items()} for row in rows]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
 
 
 def evaluation_rows(result: TrialResult) -> list[dict[str, Any]]:
@@ -156,6 +165,11 @@ def results_table(frame: pd.DataFrame, sort_by: str | None = None) -> pd.DataFra
     table = frame[columns].copy()
     if sort_by:
         table = table.sort_values(sort_by, ascending=False, na_position="last")
+    # hyperparameters as typed (1e-05, not 0.0000); metrics keep 4 decimals
+    for column in ("dropout", "learning_rate"):
+        table[column] = table[column].map(lambda v: f"{v:g}")
+    table["train_seconds"] = table["train_seconds"].map(
+        lambda v: "" if pd.isna(v) else f"{v:.1f}")
     return table.rename(columns={"test_error_rate": "test_error_%", "train_seconds": "seconds"})
 
 
