@@ -30,7 +30,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, TrialConfig, make_config
+from tasks.config import Backend, PositiveInt, TrialConfig, make_config
 from tasks.report_exercise import exercise_report
 from tasks.runners import RunnerKind
 from tasks.search_space import (
@@ -51,12 +51,12 @@ def exercise(
     study: StudyPlan = StudyPlan(),
     seed: int = 0,
     data: str | None = None,
-    train_samples: int | None = None,
+    train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
     runner: RunnerKind = "threads",
-    workers: int = 1,
+    workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
     """Run the baseline, the grid and the best-of-N study; write one combined report."""

@@ -28,7 +28,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, SplitSpec
+from tasks.config import Backend, PositiveInt, SplitSpec
 from tasks.data import prepare_data_task
 from tasks.report_grid import grid_report
 from tasks.runners import RunnerKind, make_task_runner
@@ -40,12 +40,12 @@ from tasks.training import count_sources, run_trials
 def grid_search(
     space: SearchSpace = DEFAULT_GRID,
     data: str | None = None,
-    train_samples: int | None = None,
+    train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
     runner: RunnerKind = "threads",
-    workers: int = 1,
+    workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
     """Train every cell of ``space`` (cached) and write the grid report; returns its folder."""

@@ -30,7 +30,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, SplitSpec
+from tasks.config import Backend, PositiveInt, SplitSpec
 from tasks.data import prepare_data_task
 from tasks.report import trials_frame
 from tasks.report_random import random_report
@@ -57,12 +57,12 @@ def random_search(
     study: StudyPlan | None = None,
     seed: int = 0,
     data: str | None = None,
-    train_samples: int | None = None,
+    train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
     runner: RunnerKind = "threads",
-    workers: int = 1,
+    workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
     """A plain search of ``trials`` random configs, or the best-of-N ``study``; returns the

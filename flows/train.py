@@ -27,7 +27,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, SplitSpec, TrialConfig, make_config
+from tasks.config import Backend, PositiveInt, SplitSpec, TrialConfig, make_config
 from tasks.data import prepare_data_task
 from tasks.report_baseline import baseline_report
 from tasks.runners import make_task_runner
@@ -38,7 +38,7 @@ from tasks.training import run_trials
 def baseline(
     config: TrialConfig = TrialConfig(),
     data: str | None = None,
-    train_samples: int | None = None,
+    train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -17,6 +17,8 @@ from tasks.errors import as_user_error
 
 Activation = Literal["relu", "elu", "sigmoid", "tanh"]
 Backend = Literal["compiled", "keras"]
+#: Flow-parameter types the Prefect server checks before a run is created.
+PositiveInt = Annotated[int, Field(ge=1)]
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "sigmoid", "tanh")
 
 #: Bumped whenever training code changes what a trial computes; part of every cache key.

@@ -20,7 +20,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """Turn a pydantic error into one line, e.g. ``dropout=1.5: must be less than 1``."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item.get("loc", ())) or "value"
+        # list positions are left out: `dropout=1.5`, not `dropout.0=1.5`
+        field = ".".join(str(p) for p in item.get("loc", ()) if not isinstance(p, int))
+        field = field or "value"
         name = f"{prefix}{field}"
         value = item.get("input")
         message = item.get("msg", "invalid value")

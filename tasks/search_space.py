@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -26,11 +27,13 @@ class SearchSpace(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dropout: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.8])
-    units: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
+    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.8])
+    units: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [16, 32, 64, 128, 256])
     activation: list[Activation] = Field(default_factory=lambda: ["relu"])
-    learning_rate: list[float] = Field(default_factory=lambda: [1e-3])
-    batch_size: list[int] = Field(default_factory=lambda: [32])
+    learning_rate: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=lambda: [1e-3])
+    batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32])
     epochs: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
 
