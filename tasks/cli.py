@@ -76,9 +76,15 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser, defaults: dict,
                        help=f"minibatch size, >= 1 (default: {shown('batch_size')})")
 
 
-def check_runner(runner: str, workers: int) -> None:
+def check_runner(runner: str, workers: int, dask_address: str | None = None) -> None:
     if workers < 1:
         raise UserError(f"workers={workers}: must be at least 1")
+    if dask_address:
+        if runner != "dask":
+            raise UserError(f"--dask-address needs --runner dask (not {runner})")
+        from tasks.runners import check_api_for_cluster
+
+        check_api_for_cluster(dask_address)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -89,7 +95,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     from tasks.report import check_writable_dir, default_reports_dir
 
     if hasattr(args, "workers"):
-        check_runner(args.runner, args.workers)
+        check_runner(args.runner, args.workers, getattr(args, "dask_address", None))
     split = make_split(args.train_samples)
     check_writable_dir(args.reports_dir or default_reports_dir())
     check_mnist_file(args.data, split)

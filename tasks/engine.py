@@ -83,29 +83,31 @@ def configure_tensorflow(
 
 
 _IMPORT_LOCK = threading.Lock()
+_IMPORTED = False  # True once the import has finished ("keras" enters sys.modules at its start)
 
 
 def _tf():
     """TensorFlow, imported once per process; its C++ start-up chatter (CUDA probing on a
     CPU machine) is silenced unless ``PIPELINE_TF_LOGS=1``."""
-    import sys
-
-    if "keras" not in sys.modules:
-        with _IMPORT_LOCK:
-            configure_tensorflow()
-            quiet = os.environ.get("PIPELINE_TF_LOGS", "0") != "1"
-            saved = os.dup(2) if quiet else None
-            try:
-                if saved is not None:
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, 2)
-                    os.close(devnull)
-                import keras  # noqa: F401  (imports tensorflow)
-                import tensorflow  # noqa: F401
-            finally:
-                if saved is not None:
-                    os.dup2(saved, 2)
-                    os.close(saved)
+    global _IMPORTED
+    if not _IMPORTED:
+        with _IMPORT_LOCK:  # other threads wait here until the first one has finished
+            if not _IMPORTED:
+                configure_tensorflow()
+                quiet = os.environ.get("PIPELINE_TF_LOGS", "0") != "1"
+                saved = os.dup(2) if quiet else None
+                try:
+                    if saved is not None:
+                        devnull = os.open(os.devnull, os.O_WRONLY)
+                        os.dup2(devnull, 2)
+                        os.close(devnull)
+                    import keras  # noqa: F401  (imports tensorflow)
+                    import tensorflow  # noqa: F401
+                finally:
+                    if saved is not None:
+                        os.dup2(saved, 2)
+                        os.close(saved)
+                _IMPORTED = True
     import tensorflow as tf
 
     if os.environ.get("PIPELINE_TF_LOGS", "0") != "1":
