@@ -30,7 +30,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, PositiveInt, TrialConfig, make_config
+from tasks.config import Backend, PositiveInt, Seed, TrialConfig, make_config
 from tasks.report_exercise import exercise_report
 from tasks.runners import RunnerKind
 from tasks.search_space import (
@@ -49,7 +49,8 @@ def exercise(
     grid: SearchSpace = DEFAULT_GRID,
     random_space: SearchSpace = DEFAULT_RANDOM_SPACE,
     study: StudyPlan = StudyPlan(),
-    seed: int = 0,
+    epochs: PositiveInt | None = None,
+    seed: Seed = 0,
     data: str | None = None,
     train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
@@ -59,8 +60,9 @@ def exercise(
     workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
-    """Run the baseline, the grid and the best-of-N study; write one combined report."""
-    common = dict(data=data, train_samples=train_samples, reports_dir=reports_dir,
+    """Run the baseline, the grid and the best-of-N study; write one combined report.
+    ``epochs``, when given, replaces the epochs of all three."""
+    common = dict(epochs=epochs, data=data, train_samples=train_samples, reports_dir=reports_dir,
                   data_dir=data_dir, backend=backend)
     fan_out = dict(runner=runner, workers=workers, dask_address=dask_address)
     folders = {

@@ -32,13 +32,20 @@ from tasks.config import Backend, PositiveInt, SplitSpec
 from tasks.data import prepare_data_task
 from tasks.report_grid import grid_report
 from tasks.runners import RunnerKind, make_task_runner
-from tasks.search_space import DEFAULT_GRID, SearchSpace, expand_grid, make_space
+from tasks.search_space import (
+    DEFAULT_GRID,
+    SearchSpace,
+    expand_grid,
+    make_space,
+    with_epochs,
+)
 from tasks.training import count_sources, run_trials
 
 
 @flow(name="grid-search")
 def grid_search(
     space: SearchSpace = DEFAULT_GRID,
+    epochs: PositiveInt | None = None,
     data: str | None = None,
     train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
@@ -48,8 +55,10 @@ def grid_search(
     workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
-    """Train every cell of ``space`` (cached) and write the grid report; returns its folder."""
+    """Train every cell of ``space`` (cached) and write the grid report; returns its folder.
+    ``epochs``, when given, replaces ``space.epochs``."""
     started = time.perf_counter()
+    space = with_epochs(space, epochs)
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
     configs = expand_grid(space)
     say(f"Grid: {len(configs)} cells ({space.describe()})")

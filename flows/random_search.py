@@ -30,7 +30,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, PositiveInt, SplitSpec
+from tasks.config import Backend, PositiveInt, Seed, SplitSpec
 from tasks.data import prepare_data_task
 from tasks.report import trials_frame
 from tasks.report_random import random_report
@@ -46,6 +46,7 @@ from tasks.search_space import (
     sample_configs,
     study_configs,
     trainings_needed,
+    with_epochs,
 )
 from tasks.training import count_sources, run_trials
 
@@ -53,9 +54,10 @@ from tasks.training import count_sources, run_trials
 @flow(name="random-search")
 def random_search(
     space: SearchSpace = DEFAULT_RANDOM_SPACE,
-    trials: int = 20,
+    epochs: PositiveInt | None = None,
+    trials: PositiveInt = 20,
     study: StudyPlan | None = None,
-    seed: int = 0,
+    seed: Seed = 0,
     data: str | None = None,
     train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
@@ -66,7 +68,8 @@ def random_search(
     dask_address: str | None = None,
 ) -> str:
     """A plain search of ``trials`` random configs, or the best-of-N ``study``; returns the
-    report folder."""
+    report folder. ``epochs``, when given, replaces ``space.epochs``."""
+    space = with_epochs(space, epochs)
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
     if study is None:
         draws = {(trials, 0): sample_configs(space, trials, seed)}

@@ -37,13 +37,17 @@ from tasks.training import run_trials
 @flow(name="baseline")
 def baseline(
     config: TrialConfig = TrialConfig(),
+    epochs: PositiveInt | None = None,
     data: str | None = None,
     train_samples: PositiveInt | None = None,
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
 ) -> str:
-    """Train the baseline network and write its full report; returns the report folder."""
+    """Train the baseline network and write its full report; returns the report folder.
+    ``epochs``, when given, replaces ``config.epochs``."""
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
     [result] = run_trials([config], handle, make_task_runner("threads", 1), backend,
                           data_dir, progress_key="baseline-progress")

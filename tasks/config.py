@@ -19,6 +19,7 @@ Activation = Literal["relu", "elu", "sigmoid", "tanh"]
 Backend = Literal["compiled", "keras"]
 #: Flow-parameter types the Prefect server checks before a run is created.
 PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0)]
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "sigmoid", "tanh")
 
 #: Bumped whenever training code changes what a trial computes; part of every cache key.

@@ -253,11 +253,16 @@ def test_deploy_run_and_read_back_artifacts(stack, mnist_file, tmp_path):
     rejected = stack.prefect("deployment", "run", GRID, "--param", 'backend="gpu"')
     assert rejected.returncode != 0
     assert "'gpu' is not one of ['compiled', 'keras']" in rejected.stdout + rejected.stderr
+    rejected = stack.prefect("deployment", "run", GRID, "--param", "epochs=0")
+    assert rejected.returncode != 0
+    assert "Validation failed for field 'epochs'" in rejected.stdout + rejected.stderr
 
-    # a tiny grid run: 2 x 1 cells, 1 epoch, the synthetic MNIST file
-    space = {"dropout": [0.0, 0.5], "units": [16], "batch_size": [100], "epochs": 1}
+    # a tiny grid run: 2 x 1 cells, the synthetic MNIST file, and 1 epoch through the flow's
+    # top-level `--param epochs=1` (it replaces the space's 10)
+    space = {"dropout": [0.0, 0.5], "units": [16], "batch_size": [100], "epochs": 10}
     run = stack.prefect(
         "deployment", "run", GRID,
+        "--param", "epochs=1",
         "--param", f"space={json.dumps(space)}",
         "--param", "train_samples=600",
         "--param", f"data={json.dumps(str(mnist_file))}",

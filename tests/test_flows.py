@@ -156,12 +156,17 @@ def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
 
     from flows.exercise import exercise
 
-    space = make_space(units=[10, 18], dropout=[0.0, 0.5], batch_size=[100], epochs=1)
+    # the top-level `epochs` replaces the epochs of all three parts
+    space = make_space(units=[10, 18], dropout=[0.0, 0.5], batch_size=[100], epochs=4)
     folder = Path(exercise(
-        baseline_config=TrialConfig(units=10, epochs=1, batch_size=100),
-        grid=make_space(units=[10], dropout=[0.0, 0.5], batch_size=[100], epochs=1),
-        random_space=space, study=make_study_plan(n_values=[2, 3], pool_size=4),
+        baseline_config=TrialConfig(units=10, epochs=3, batch_size=100),
+        grid=make_space(units=[10], dropout=[0.0, 0.5], batch_size=[100], epochs=5),
+        random_space=space, study=make_study_plan(n_values=[2, 3], pool_size=4), epochs=1,
         data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+    parts = {p.name.split("-")[0]: p for p in (tmp_path / "reports").iterdir() if p != folder}
+    assert len(pd.read_parquet(parts["baseline"] / "history.parquet")) == 1
+    for part in ("grid", "random"):
+        assert (pd.read_parquet(parts[part] / "trials.parquet")["epochs"] == 1).all()
     report = (folder / "report.md").read_text()
     for heading in ("# Baseline", "# Grid search", "# Random search", "Max accuracy estimate"):
         assert heading in report
