@@ -233,7 +233,8 @@ def check_api_for_cluster(address: str) -> None:
     """An existing cluster needs ``PREFECT_API_URL``: its workers outlive this command, and a
     worker keeps Prefect clients (e.g. for tag concurrency slots) bound to the first API it
     used, so with a temporary server per command every run after the first fails
-    (measured: ``Unable to acquire concurrency slots on ['tag:tf-train']``)."""
+    (measured while training tasks carried a concurrency tag: ``Unable to acquire concurrency
+    slots on ['tag:tf-train']``)."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():

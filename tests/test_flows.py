@@ -172,3 +172,35 @@ def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
         assert heading in report
     links = re.findall(r"\]\(([^)]+\.png)\)", report)
     assert len(links) > 10 and all((folder / link).resolve().exists() for link in links)
+
+
+def test_an_opt_in_concurrency_tag_caps_trainings_across_runs(mnist_file, tmp_path,
+                                                               monkeypatch):
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+    from tasks.training import concurrency_tags, train_trial
+
+    # off by default: a tagged task waits for Prefect's slot check before every start
+    monkeypatch.delenv("PIPELINE_CONCURRENCY_TAG", raising=False)
+    assert concurrency_tags() == [] and not train_trial.tags
+    tag = f"cap-{tmp_path.name}"
+    monkeypatch.setenv("PIPELINE_CONCURRENCY_TAG", tag)
+    with get_client(sync_client=True) as client:
+        limit = client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+        try:
+            _, trials = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.4], units=[11])
+            assert (trials["status"] == "completed").all()
+            tagged = TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
+            deadline = time.monotonic() + 20  # task runs reach the API as events
+            runs = client.read_task_runs(task_run_filter=tagged)
+            while len(runs) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                runs = client.read_task_runs(task_run_filter=tagged)
+            assert sorted(run.name for run in runs) == [
+                "train 11u-d0.0-relu-lr0.001-b100-e1", "train 11u-d0.4-relu-lr0.001-b100-e1"]
+        finally:
+            client.delete_concurrency_limit_by_tag(tag)
+    assert limit  # the limit existed, so every trial took and gave back its slot
