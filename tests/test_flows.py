@@ -174,8 +174,8 @@ def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
     assert len(links) > 10 and all((folder / link).resolve().exists() for link in links)
 
 
-def test_an_opt_in_concurrency_tag_caps_trainings_across_runs(mnist_file, tmp_path,
-                                                               monkeypatch):
+def test_an_opt_in_concurrency_tag_reaches_every_training_task(mnist_file, tmp_path,
+                                                                monkeypatch):
     import time
 
     from prefect import get_client
@@ -189,7 +189,7 @@ def test_an_opt_in_concurrency_tag_caps_trainings_across_runs(mnist_file, tmp_pa
     tag = f"cap-{tmp_path.name}"
     monkeypatch.setenv("PIPELINE_CONCURRENCY_TAG", tag)
     with get_client(sync_client=True) as client:
-        limit = client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+        client.create_concurrency_limit(tag=tag, concurrency_limit=1)
         try:
             _, trials = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.4], units=[11])
             assert (trials["status"] == "completed").all()
@@ -201,6 +201,7 @@ def test_an_opt_in_concurrency_tag_caps_trainings_across_runs(mnist_file, tmp_pa
                 runs = client.read_task_runs(task_run_filter=tagged)
             assert sorted(run.name for run in runs) == [
                 "train 11u-d0.0-relu-lr0.001-b100-e1", "train 11u-d0.4-relu-lr0.001-b100-e1"]
+            # under a limit of 1 both trials ran, one after the other, and no slot is left held
+            assert not client.read_concurrency_limit_by_tag(tag).active_slots
         finally:
             client.delete_concurrency_limit_by_tag(tag)
-    assert limit  # the limit existed, so every trial took and gave back its slot
