@@ -28,17 +28,11 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, PositiveInt, SplitSpec
+from tasks.config import Backend, PositiveInt, SplitSpec, with_epochs
 from tasks.data import prepare_data_task
 from tasks.report_grid import grid_report
 from tasks.runners import RunnerKind, make_task_runner
-from tasks.search_space import (
-    DEFAULT_GRID,
-    SearchSpace,
-    expand_grid,
-    make_space,
-    with_epochs,
-)
+from tasks.search_space import DEFAULT_GRID, SearchSpace, expand_grid, make_space
 from tasks.training import count_sources, run_trials
 
 

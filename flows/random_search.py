@@ -30,7 +30,7 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, PositiveInt, Seed, SplitSpec
+from tasks.config import Backend, PositiveInt, Seed, SplitSpec, with_epochs
 from tasks.data import prepare_data_task
 from tasks.report import trials_frame
 from tasks.report_random import random_report
@@ -46,7 +46,6 @@ from tasks.search_space import (
     sample_configs,
     study_configs,
     trainings_needed,
-    with_epochs,
 )
 from tasks.training import count_sources, run_trials
 

@@ -27,7 +27,14 @@ from tasks.cli import (
     run_cli,
     say,
 )
-from tasks.config import Backend, PositiveInt, SplitSpec, TrialConfig, make_config
+from tasks.config import (
+    Backend,
+    PositiveInt,
+    SplitSpec,
+    TrialConfig,
+    make_config,
+    with_epochs,
+)
 from tasks.data import prepare_data_task
 from tasks.report_baseline import baseline_report
 from tasks.runners import make_task_runner
@@ -46,8 +53,7 @@ def baseline(
 ) -> str:
     """Train the baseline network and write its full report; returns the report folder.
     ``epochs``, when given, replaces ``config.epochs``."""
-    if epochs is not None:
-        config = config.model_copy(update={"epochs": epochs})
+    config = with_epochs(config, epochs)
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
     [result] = run_trials([config], handle, make_task_runner("threads", 1), backend,
                           data_dir, progress_key="baseline-progress")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,6 +21,14 @@ Backend = Literal["compiled", "keras"]
 PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0)]
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "sigmoid", "tanh")
+_WithEpochs = TypeVar("_WithEpochs", bound=BaseModel)
+
+
+def with_epochs(model: _WithEpochs, epochs: int | None) -> _WithEpochs:
+    """``model`` (a trial config or a search space) with its ``epochs`` set to ``epochs``
+    (unchanged when None): the flows' top-level ``epochs`` parameter, e.g.
+    ``prefect deployment run ... --param epochs=1``."""
+    return model if epochs is None else model.model_copy(update={"epochs": epochs})
 
 #: Bumped whenever training code changes what a trial computes; part of every cache key.
 TRAINING_CODE_VERSION = "trial-v1"

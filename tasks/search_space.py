@@ -76,12 +76,6 @@ def make_space(**values) -> SearchSpace:
     return space
 
 
-def with_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
-    """``space`` with every trial's epochs set to ``epochs`` (unchanged when None): the flows'
-    top-level ``epochs`` parameter, e.g. ``prefect deployment run ... --param epochs=1``."""
-    return space if epochs is None else space.model_copy(update={"epochs": epochs})
-
-
 #: The exercise's grid: dropout x units, batch 32, 10 epochs.
 DEFAULT_GRID = SearchSpace()
 
