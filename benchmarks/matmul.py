@@ -78,10 +78,10 @@ def main() -> None:
         rate = matmul_rate(batch, 784, units)
         line = f"{batch:6d} x 784 @ 784 x {units:4d}: {rate:6.1f} GFLOP/s"
         if (batch, units) in measured:
-            achieved = epoch_gflop(units) / measured[(batch, units)]
-            line += (f"   training {epoch_gflop(units):5.1f} GFLOP/epoch in "
-                     f"{measured[(batch, units)]:.2f} s = {achieved:5.1f} GFLOP/s "
-                     f"({achieved / rate:4.0%} of this shape)")
+            gflop, seconds = epoch_gflop(units), measured[(batch, units)]
+            achieved = gflop / seconds
+            line += (f"   training {gflop:5.1f} GFLOP/epoch in {seconds:.2f} s = "
+                     f"{achieved:5.1f} GFLOP/s ({achieved / rate:4.0%} of this shape)")
         print(line)
 
 
