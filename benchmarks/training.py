@@ -71,7 +71,7 @@ def main() -> None:
     splits = load_splits(handle)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}")
-    from tasks.engine import _tf
+    from tasks.tf_runtime import tensorflow as _tf
 
     tf = _tf()
     print(f"tensorflow {tf.__version__}, intra-op threads "

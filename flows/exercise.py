@@ -56,8 +56,8 @@ def exercise(
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
-    runner: RunnerKind = "threads",
-    workers: PositiveInt = 1,
+    runner: RunnerKind = "auto",
+    workers: PositiveInt | None = None,
     dask_address: str | None = None,
 ) -> str:
     """Run the baseline, the grid and the best-of-N study; write one combined report.

@@ -31,7 +31,7 @@ from tasks.cli import (
 from tasks.config import Backend, PositiveInt, SplitSpec, with_epochs
 from tasks.data import prepare_data_task
 from tasks.report_grid import grid_report
-from tasks.runners import RunnerKind, make_task_runner
+from tasks.runners import RunnerKind
 from tasks.search_space import DEFAULT_GRID, SearchSpace, expand_grid, make_space
 from tasks.training import count_sources, run_trials
 
@@ -45,8 +45,8 @@ def grid_search(
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
-    runner: RunnerKind = "threads",
-    workers: PositiveInt = 1,
+    runner: RunnerKind = "auto",
+    workers: PositiveInt | None = None,
     dask_address: str | None = None,
 ) -> str:
     """Train every cell of ``space`` (cached) and write the grid report; returns its folder.
@@ -56,7 +56,7 @@ def grid_search(
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
     configs = expand_grid(space)
     say(f"Grid: {len(configs)} cells ({space.describe()})")
-    results = run_trials(configs, handle, make_task_runner(runner, workers, dask_address),
+    results = run_trials(configs, handle, runner, workers, dask_address,
                          backend, data_dir, progress_key="grid-progress")
     counts = count_sources(results)
     say(f"Grid done: {counts['trained']} trained, {counts['cached']} from cache, "

@@ -32,14 +32,12 @@ from tasks.cli import (
 )
 from tasks.config import Backend, PositiveInt, Seed, SplitSpec, with_epochs
 from tasks.data import prepare_data_task
-from tasks.report import trials_frame
 from tasks.report_random import random_report
-from tasks.runners import RunnerKind, make_task_runner
+from tasks.runners import RunnerKind
 from tasks.search_space import (
     DEFAULT_RANDOM_SPACE,
     SearchSpace,
     StudyPlan,
-    best_of_n_table,
     draw_trial_keys,
     make_space,
     make_study_plan,
@@ -62,8 +60,8 @@ def random_search(
     reports_dir: str | None = None,
     data_dir: str | None = None,
     backend: Backend = "compiled",
-    runner: RunnerKind = "threads",
-    workers: PositiveInt = 1,
+    runner: RunnerKind = "auto",
+    workers: PositiveInt | None = None,
     dask_address: str | None = None,
 ) -> str:
     """A plain search of ``trials`` random configs, or the best-of-N ``study``; returns the
@@ -77,16 +75,15 @@ def random_search(
     configs = [config for draw in draws.values() for config in draw]
     say(f"Random search: {len(configs)} trainings asked for, "
         f"{len({c.canonical_json() for c in configs})} distinct configurations")
-    results = run_trials(configs, handle, make_task_runner(runner, workers, dask_address),
+    results = run_trials(configs, handle, runner, workers, dask_address,
                          backend, data_dir, progress_key="random-progress")
     counts = count_sources(results)
     say(f"Random search done: {counts['trained']} trained, {counts['cached']} from cache, "
         f"{counts['failed']} failed")
-    best_of_n = None
+    draw_keys = None
     if study is not None:
-        best_of_n = best_of_n_table(study, draw_trial_keys(draws, results),
-                                    trials_frame(results))
-    folder = random_report(results, space, best_of_n, study, reports_dir, len(configs))
+        draw_keys = [(n, r, keys) for (n, r), keys in draw_trial_keys(draws, results).items()]
+    folder = random_report(results, space, study, draw_keys, reports_dir, len(configs))
     say(f"Report: {folder}")
     return folder
 

@@ -37,7 +37,6 @@ from tasks.config import (
 )
 from tasks.data import prepare_data_task
 from tasks.report_baseline import baseline_report
-from tasks.runners import make_task_runner
 from tasks.training import run_trials
 
 
@@ -55,7 +54,7 @@ def baseline(
     ``epochs``, when given, replaces ``config.epochs``."""
     config = with_epochs(config, epochs)
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
-    [result] = run_trials([config], handle, make_task_runner("threads", 1), backend,
+    [result] = run_trials([config], handle, "threads", 1, None, backend,
                           data_dir, progress_key="baseline-progress")
     if result.status != "completed":
         raise RuntimeError(f"baseline training failed: {result.error}")

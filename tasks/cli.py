@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from tasks.config import ACTIVATIONS
-from tasks.errors import UserError, describe_validation_error
+from tasks.errors import ReportError, UserError, describe_validation_error
 from tasks.runners import RUNNERS
 
 
@@ -40,12 +40,13 @@ def add_common_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 
 def add_runner_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fan-out")
-    group.add_argument("--runner", choices=RUNNERS, default="threads",
+    group.add_argument("--runner", choices=RUNNERS, default="auto",
                        help="task runner: threads (in this process), processes (worker "
-                            "processes) or dask (prefect-dask); default: threads")
-    group.add_argument("--workers", type=int, default=1,
-                       help="trials trained at once (default: 1; TensorFlow already uses "
-                            "every core for one trial)")
+                            "processes) or dask (prefect-dask); default: auto = one worker "
+                            "process per core for a large search, one thread for a small one")
+    group.add_argument("--workers", type=int, default=None,
+                       help="trials trained at once (default: one per core for processes "
+                            "and dask, 1 for threads)")
     group.add_argument("--dask-address", metavar="tcp://HOST:PORT", default=None,
                        help="with --runner dask: an existing scheduler (default: a local "
                             "cluster of --workers processes)")
@@ -76,8 +77,8 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser, defaults: dict,
                        help=f"minibatch size, >= 1 (default: {shown('batch_size')})")
 
 
-def check_runner(runner: str, workers: int, dask_address: str | None = None) -> None:
-    if workers < 1:
+def check_runner(runner: str, workers: int | None, dask_address: str | None = None) -> None:
+    if workers is not None and workers < 1:
         raise UserError(f"workers={workers}: must be at least 1")
     if dask_address:
         if runner != "dask":
@@ -144,6 +145,9 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished trials are cached; rerun the same command to resume",
               file=sys.stderr)

@@ -7,7 +7,11 @@ what is allowed (see :func:`tasks.errors.describe_validation_error`).
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 from typing import Annotated, Literal, TypeVar
 
@@ -30,8 +34,6 @@ def with_epochs(model: _WithEpochs, epochs: int | None) -> _WithEpochs:
     ``prefect deployment run ... --param epochs=1``."""
     return model if epochs is None else model.model_copy(update={"epochs": epochs})
 
-#: Bumped whenever training code changes what a trial computes; part of every cache key.
-TRAINING_CODE_VERSION = "trial-v1"
 
 
 class TrialConfig(BaseModel):
@@ -46,6 +48,14 @@ class TrialConfig(BaseModel):
     batch_size: int = Field(1000, ge=1, le=1_000_000, description="minibatch size (>= 1)")
     epochs: int = Field(10, ge=1, le=10_000, description="training epochs (>= 1)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for init, dropout and shuffling")
+    epoch_metrics: bool = Field(
+        True, description="recompute the training loss and accuracy without dropout after "
+        "every epoch (the exercise's CalculateMetrics, which only its baseline uses); off: "
+        "the epoch's running means, with dropout, as Keras' fit reports them")
+    checkpoint: bool = Field(
+        True, description="report the weights of the epoch with the best validation "
+        "accuracy (the exercise's baseline checkpoint); off: the last epoch's, as in the "
+        "exercise's grid and random searches")
 
     @field_validator("dropout", "learning_rate", mode="after")
     @classmethod
@@ -60,6 +70,12 @@ class TrialConfig(BaseModel):
             f"lr={self.learning_rate:g} batch={self.batch_size} epochs={self.epochs} "
             f"seed={self.seed}"
         )
+
+    def training_cost(self, train_size: int = 60_000) -> float:
+        """A rough relative cost of training this trial (for scheduling the costliest first):
+        per-step overhead plus Adam's update, which both grow with steps, plus the matmuls."""
+        steps = -(-train_size // self.batch_size)
+        return self.epochs * (steps * (1.0 + self.units / 16.0) + train_size * self.units / 256)
 
     def canonical_json(self) -> str:
         """Stable JSON of every field (sorted keys), the basis of the trial key."""
@@ -83,14 +99,52 @@ class SplitSpec(BaseModel):
     )
 
 
+#: Modules whose code decides what a trial computes (read as source, never imported here).
+TRAINING_CODE_MODULES = ("tasks.engine", "tasks.backend_compiled", "tasks.backend_keras",
+                         "tasks.model")
+#: Packages whose versions decide it too.
+TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
+
+
+def _code_fingerprint(source: str) -> str:
+    """The module's syntax tree without docstrings: comments, docstrings and formatting do
+    not change a trial's numbers, so they do not change its key."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@functools.cache
+def training_code_version() -> str:
+    """Derived, never hand-kept: a hash of the training code's syntax trees
+    (:data:`TRAINING_CODE_MODULES`) and of the versions of :data:`TRAINING_PACKAGES`. A change
+    to how a trial is trained, or an upgrade of TensorFlow, gives every trial a new key."""
+    parts = []
+    for name in TRAINING_CODE_MODULES:
+        spec = importlib.util.find_spec(name)
+        with open(spec.origin, encoding="utf-8") as handle:
+            parts.append(f"{name}:{_code_fingerprint(handle.read())}")
+    for package in TRAINING_PACKAGES:
+        try:
+            parts.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+            parts.append(f"{package}==none")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def trial_key(config: TrialConfig, data_fingerprint: str, backend: str = "compiled") -> str:
-    """The identity of a trained trial: config + data content + training-code version.
+    """The identity of a trained trial: config + data content + training code + backend.
 
     Two trials with the same key would compute the same thing, so the cache never trains a
     key twice. The backend is part of it because the two backends differ in float details.
     """
     payload = "|".join(
-        [config.canonical_json(), data_fingerprint, TRAINING_CODE_VERSION, backend]
+        [config.canonical_json(), data_fingerprint, training_code_version(), backend]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 

@@ -39,3 +39,8 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
 def as_user_error(error: ValidationError, prefix: str = "") -> UserError:
     """Wrap a pydantic ValidationError as a UserError with a one-line message."""
     return UserError(describe_validation_error(error, prefix))
+
+
+class ReportError(RuntimeError):
+    """A report step failed after the trials table was written: the run's results are safe
+    (``trials.parquet`` in the named folder) and a rerun rebuilds the report from the cache."""

@@ -7,6 +7,7 @@ A run folder is built under a hidden staging name and renamed into place when co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from tasks.errors import UserError
+from tasks.errors import ReportError, UserError
+from tasks.files import atomic_write_parquet, atomic_write_text  # noqa: F401  (re-exported)
 from tasks.training import TrialResult
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,27 +56,14 @@ def check_writable_dir(path: str | os.PathLike, what: str = "reports directory")
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    frame.to_parquet(tmp, index=False, engine="pyarrow")
-    os.replace(tmp, path)
-    return path
-
-
 class RunFolder:
     """A report folder that appears under ``reports_dir`` only once it is complete.
 
     Use as a context manager: files go into :attr:`path` (a hidden staging folder); on a
-    clean exit it is renamed to :attr:`final`; on an exception it is removed.
+    clean exit it is renamed to :attr:`final`; on an exception it is removed, unless the
+    exception came from a :meth:`step` after the trials table was :meth:`keep`-marked: then
+    the folder is renamed into place with what was written and a ``REPORT_FAILED.txt`` that
+    names the step, and a :class:`ReportError` saying so is raised.
     """
 
     def __init__(self, reports_dir: str | os.PathLike, kind: str):
@@ -85,10 +74,31 @@ class RunFolder:
 
     def __enter__(self) -> RunFolder:
         self.path.mkdir(parents=True)
+        self.kept: str | None = None
         return self
 
+    def keep(self, name: str) -> None:
+        """From now on a failed step keeps the folder: ``name`` (e.g. ``trials.parquet``)
+        holds the run's results."""
+        self.kept = name
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        """One named report step (a table, a figure). If it fails once the results are kept,
+        the run ends with one error line naming the step, not with a lost run."""
+        try:
+            yield
+        except Exception as exc:
+            if self.kept is None:
+                raise
+            message = (f"report step '{name}' failed ({type(exc).__name__}: {exc}); the "
+                       f"results are safe in {self.final / self.kept}; rerun the same command "
+                       "to rebuild the report from the cache")
+            atomic_write_text(self.path / "REPORT_FAILED.txt", message + "\n")
+            raise ReportError(message) from exc
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc_type is None or (isinstance(exc, ReportError) and self.kept is not None):
             os.rename(self.path, self.final)
         else:
             shutil.rmtree(self.path, ignore_errors=True)

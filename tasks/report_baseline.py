@@ -12,6 +12,7 @@ from prefect import task
 
 from tasks import plots
 from tasks.data import DataHandle, load_splits
+from tasks.model import WEIGHTS_SUFFIX
 from tasks.report import (
     RunFolder,
     atomic_write_parquet,
@@ -26,16 +27,18 @@ from tasks.training import TrialResult
 MISCLASSIFIED_SHOWN = 10
 
 
-def predict_test(result: TrialResult, data: DataHandle) -> np.ndarray:
-    """Test-set class probabilities of the trial's saved (best-validation) weights."""
-    from tasks.engine import load_model, predict_probabilities, release_tensorflow_memory
+def predict_test(result: TrialResult, data: DataHandle) -> tuple[np.ndarray, str]:
+    """Test-set class probabilities of the trial's saved weights, and Keras' model summary."""
+    from tasks.engine import release_tensorflow_memory
+    from tasks.model import load_model, model_summary, predict_probabilities
 
     splits = load_splits(data)
     model = load_model(result.config, result.weights_path, splits.x_test.shape[1])
     probabilities = predict_probabilities(model, splits.x_test)
+    summary = model_summary(model)
     del model
     release_tensorflow_memory()
-    return probabilities
+    return probabilities, summary
 
 
 def write_baseline_report(
@@ -43,6 +46,7 @@ def write_baseline_report(
     data: DataHandle,
     probabilities: np.ndarray,
     reports_dir: str | os.PathLike | None = None,
+    summary: str = "",
 ) -> Path:
     """Write the baseline run folder and return its final path."""
     splits = load_splits(data)
@@ -58,7 +62,7 @@ def write_baseline_report(
         atomic_write_parquet(history, out / "history.parquet")
         atomic_write_parquet(pd.DataFrame(evaluation), out / "evaluation.parquet")
         if result.weights_path and Path(result.weights_path).exists():
-            shutil.copyfile(result.weights_path, out / "model.weights.h5")
+            shutil.copyfile(result.weights_path, out / f"model{WEIGHTS_SUFFIX}")
         plots.plot_history(result.history, out / "history.png")
         plots.plot_confusion(labels, predicted, out / "confusion_matrix.png")
         plots.plot_predictions(probabilities[:10], images[:10], labels[:10],
@@ -70,9 +74,9 @@ def write_baseline_report(
                                       predicted[missed[:32]], out / "misclassified_grid.png")
         evaluation_text = markdown_table(evaluation, floatfmt=".4f")
         atomic_write_text(out / "evaluation.txt", evaluation_text + "\n")
-        atomic_write_text(out / "model_summary.txt", result.model_summary + "\n")
+        atomic_write_text(out / "model_summary.txt", summary + "\n")
         markdown = baseline_markdown(result, evaluation_text, history, len(missed),
-                                     len(labels), run.final)
+                                     len(labels), run.final, summary)
         atomic_write_text(out / "report.md", markdown)
     publish_artifacts("evaluation", evaluation, summary_markdown(result, run.final), run.final,
                       "Baseline: train / validation / test loss, accuracy, error rate")
@@ -92,7 +96,7 @@ def summary_markdown(result: TrialResult, folder: Path) -> str:
 
 
 def baseline_markdown(result: TrialResult, evaluation_text: str, history: pd.DataFrame,
-                      n_missed: int, n_test: int, folder: Path) -> str:
+                      n_missed: int, n_test: int, folder: Path, summary: str = "") -> str:
     c = result.config
     missed_images = "\n".join(
         f"![misclassified {i}](misclassified_{i:02d}.png)"
@@ -108,7 +112,7 @@ trial key `{result.trial_key}`, {result.backend} backend, {result.train_seconds:
 ## Model summary
 
 ```
-{result.model_summary}
+{summary}
 ```
 
 ## Performance (best-validation weights, epoch {result.best_epoch})
@@ -145,12 +149,12 @@ And the first 32 as a 4 x 8 grid:
 ![misclassified grid](misclassified_grid.png)
 
 Files: `history.parquet`, `evaluation.parquet`, `evaluation.txt`, `model_summary.txt`,
-`model.weights.h5` (load with `tasks.engine.load_model`).
+`model{WEIGHTS_SUFFIX}` (load with `tasks.model.load_model`).
 """
 
 
 @task(name="baseline-report")
 def baseline_report(result: TrialResult, data: DataHandle, reports_dir: str | None = None) -> str:
     """Predict the test set with the saved weights and write the baseline report."""
-    probabilities = predict_test(result, data)
-    return str(write_baseline_report(result, data, probabilities, reports_dir))
+    probabilities, summary = predict_test(result, data)
+    return str(write_baseline_report(result, data, probabilities, reports_dir, summary))

@@ -47,16 +47,23 @@ def write_grid_report(
     with RunFolder(reports_dir or default_reports_dir(), "grid") as run:
         out = run.path
         atomic_write_parquet(frame, out / "trials.parquet")
-        table_text = markdown_table(table)
-        atomic_write_text(out / "results.txt", grid_lines(frame) + "\n\n" + table_text + "\n")
+        run.keep("trials.parquet")
+        with run.step("results table"):
+            table_text = markdown_table(table)
+            atomic_write_text(out / "results.txt",
+                              grid_lines(frame) + "\n\n" + table_text + "\n")
         figures = []
         for value in ("test_accuracy", "val_accuracy"):
             name = f"heatmap_{value}.png"
-            plots.plot_grid_heatmap(frame, out / name, row=row_axis, col=col_axis, value=value,
-                                    title=f"{value.replace('_', ' ')}: {row_axis} x {col_axis}")
+            with run.step(f"heatmap {name}"):
+                plots.plot_grid_heatmap(
+                    frame, out / name, row=row_axis, col=col_axis, value=value,
+                    title=f"{value.replace('_', ' ')}: {row_axis} x {col_axis}")
             figures.append(name)
-        summary = grid_summary(frame, best, counts, space, wall_seconds)
-        atomic_write_text(out / "report.md", grid_markdown(summary, frame, table_text, figures))
+        with run.step("report.md"):
+            summary = grid_summary(frame, best, counts, space, wall_seconds)
+            atomic_write_text(out / "report.md",
+                              grid_markdown(summary, frame, table_text, figures))
     publish_artifacts("grid-results", table, summary, run.final,
                       f"Grid search: {space.describe()}")
     return run.final

@@ -24,20 +24,24 @@ from tasks.report import (
     results_table,
     trials_frame,
 )
-from tasks.search_space import SearchSpace, StudyPlan
+from tasks.search_space import SearchSpace, StudyPlan, best_of_n_table
 from tasks.training import TrialResult, count_sources
 
 
 def write_random_report(
     results: Sequence[TrialResult],
     space: SearchSpace,
-    best_of_n: pd.DataFrame | None = None,
     plan: StudyPlan | None = None,
+    draws: Sequence[tuple[int, int, list[str]]] | None = None,
     reports_dir: str | os.PathLike | None = None,
     requested: int | None = None,
 ) -> Path:
-    """Write the random-search run folder; returns its final path. ``requested`` is the number
-    of trainings the search asked for before caching and de-duplication."""
+    """Write the random-search run folder; returns its final path. ``draws`` are the study's
+    draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
+    asked for before caching and de-duplication.
+
+    ``trials.parquet`` is written first; the best-of-N table and every figure after it, each
+    as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
     frame = trials_frame(results).drop_duplicates("trial_key").reset_index(drop=True)
     counts = count_sources(results)
     table = results_table(frame, sort_by="val_accuracy")
@@ -45,19 +49,30 @@ def write_random_report(
     with RunFolder(reports_dir or default_reports_dir(), "random") as run:
         out = run.path
         atomic_write_parquet(frame, out / "trials.parquet")
-        table_text = markdown_table(table)
-        atomic_write_text(out / "trials.txt", table_text + "\n")
-        plots.plot_accuracy_vs_hyperparameters(frame, out / "hyperparameters.png",
-                                               HYPERPARAMETERS, value="val_accuracy")
+        run.keep("trials.parquet")
+        with run.step("trials table"):
+            table_text = markdown_table(table)
+            atomic_write_text(out / "trials.txt", table_text + "\n")
+        with run.step("accuracy per hyperparameter figure"):
+            plots.plot_accuracy_vs_hyperparameters(frame, out / "hyperparameters.png",
+                                                   HYPERPARAMETERS, value="val_accuracy")
         study_text = ""
+        best_of_n = None
+        if plan is not None and draws:
+            with run.step("best-of-N table"):
+                best_of_n = best_of_n_table(plan, {(n, r): keys for n, r, keys in draws},
+                                            trials_frame(results))
         if best_of_n is not None and not best_of_n.empty:
-            atomic_write_parquet(best_of_n, out / "best_of_n.parquet")
-            plots.plot_best_of_n(best_of_n, out / "best_of_n.png")
-            study_text = markdown_table(best_of_n, floatfmt=".4f")
-            atomic_write_text(out / "best_of_n.txt", study_text + "\n")
-        summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
-        atomic_write_text(out / "report.md",
-                          random_markdown(summary, table_text, study_text, plan))
+            with run.step("best-of-N file"):
+                atomic_write_parquet(best_of_n, out / "best_of_n.parquet")
+                study_text = markdown_table(best_of_n, floatfmt=".4f")
+                atomic_write_text(out / "best_of_n.txt", study_text + "\n")
+            with run.step("best-of-N figure"):
+                plots.plot_best_of_n(best_of_n, out / "best_of_n.png")
+        with run.step("report.md"):
+            summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
+            atomic_write_text(out / "report.md",
+                              random_markdown(summary, table_text, study_text, plan))
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")
     if best_of_n is not None and not best_of_n.empty:
@@ -132,7 +147,8 @@ Files: `trials.parquet` (one row per trial), `best_of_n.parquet` (if a study ran
 
 @task(name="random-report")
 def random_report(results: list[TrialResult], space: SearchSpace,
-                  best_of_n: pd.DataFrame | None = None, plan: StudyPlan | None = None,
+                  plan: StudyPlan | None = None,
+                  draws: list[tuple[int, int, list[str]]] | None = None,
                   reports_dir: str | None = None, requested: int | None = None) -> str:
     """Write the random-search report folder."""
-    return str(write_random_report(results, space, best_of_n, plan, reports_dir, requested))
+    return str(write_random_report(results, space, plan, draws, reports_dir, requested))

@@ -35,7 +35,13 @@ class SearchSpace(BaseModel):
     learning_rate: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=lambda: [1e-3])
     batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32])
     epochs: int = Field(10, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="training seed of every trial")
+    epoch_metrics: bool = Field(
+        False, description="recompute training metrics without dropout after every epoch "
+        "(off in the exercise's searches)")
+    checkpoint: bool = Field(
+        False, description="report the best-validation epoch's weights (off in the exercise's "
+        "searches: the last epoch is scored)")
 
     @field_validator(*SEARCH_FIELDS, mode="after")
     @classmethod
@@ -55,7 +61,12 @@ class SearchSpace(BaseModel):
             options = getattr(self, name)
             index, position = divmod(index, len(options))
             values[name] = options[position]
-        return make_config(epochs=self.epochs, seed=self.seed, **values)
+        return make_config(**self.fixed(), **values)
+
+    def fixed(self) -> dict:
+        """What every trial of this space shares (epochs, seed, protocol)."""
+        return {"epochs": self.epochs, "seed": self.seed, "epoch_metrics": self.epoch_metrics,
+                "checkpoint": self.checkpoint}
 
     def describe(self) -> str:
         return " x ".join(
@@ -72,7 +83,7 @@ def make_space(**values) -> SearchSpace:
         raise as_user_error(exc) from None
     for name in SEARCH_FIELDS:  # each value must make a valid trial on its own
         for value in getattr(space, name):
-            make_config(**{name: value, "epochs": space.epochs, "seed": space.seed})
+            make_config(**{name: value}, **space.fixed())
     return space
 
 
@@ -97,14 +108,31 @@ def expand_grid(space: SearchSpace) -> list[TrialConfig]:
     """Every combination, dropout-major like the exercise's nested loops."""
     combos = itertools.product(*(getattr(space, name) for name in SEARCH_FIELDS))
     return [
-        make_config(epochs=space.epochs, seed=space.seed,
-                    **dict(zip(SEARCH_FIELDS, combo, strict=True)))
+        make_config(**space.fixed(), **dict(zip(SEARCH_FIELDS, combo, strict=True)))
         for combo in combos
     ]
 
 
+def draw_indices(size: int, n: int, seed: int | Sequence[int]) -> list[int]:
+    """``n`` distinct indices in ``range(size)``, uniformly without replacement, as a prefix of
+    one fixed random order per ``seed``: a larger ``n`` extends a smaller one, in the same
+    order, so growing a search trains only the new configs.
+
+    Spaces up to a million configs use a random permutation; larger ones draw with rejection
+    of repeats (the same stream for every ``n``, so the prefix property holds too).
+    """
+    rng = np.random.default_rng(seed)
+    if size <= 1_000_000:
+        return [int(i) for i in rng.permutation(size)[:n]]
+    seen: dict[int, None] = {}
+    while len(seen) < n:
+        seen.setdefault(int(rng.integers(size)), None)
+    return list(seen)
+
+
 def sample_configs(space: SearchSpace, n: int, seed: int | Sequence[int]) -> list[TrialConfig]:
-    """``n`` distinct configs drawn uniformly without replacement, reproducible from ``seed``."""
+    """``n`` distinct configs drawn uniformly without replacement, reproducible from ``seed``;
+    the first ``n`` of the same seed's draws for any larger ``n`` (see :func:`draw_indices`)."""
     if n < 1:
         raise UserError(f"trials={n}: must be at least 1")
     if min(np.atleast_1d(seed)) < 0:
@@ -114,9 +142,7 @@ def sample_configs(space: SearchSpace, n: int, seed: int | Sequence[int]) -> lis
             f"trials={n}: more than the {space.size} distinct configurations the search space "
             f"holds ({space.describe()}); allowed 1..{space.size}"
         )
-    rng = np.random.default_rng(seed)
-    indices = rng.choice(space.size, size=n, replace=False)
-    return [space.config_at(int(i)) for i in indices]
+    return [space.config_at(i) for i in draw_indices(space.size, n, seed)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +237,14 @@ def expected_best_of_n(selection: np.ndarray, reported: np.ndarray, n: int) -> t
     return mean, math.sqrt(max(var, 0.0))
 
 
+def subset_count(m: int, n: int) -> float:
+    """C(m, n) as a float (inf past float range): C(400, 10) ~ 2.6e19 does not fit int64."""
+    try:
+        return float(math.comb(m, n))
+    except OverflowError:
+        return math.inf
+
+
 def best_of_n_table(
     plan: StudyPlan,
     draws: dict[tuple[int, int], list[str]],
@@ -235,7 +269,8 @@ def best_of_n_table(
             sel_mean, sel_std = expected_best_of_n(val, test, n)
             max_mean, max_std = expected_best_of_n(test, test, n)
             val_mean, _ = expected_best_of_n(val, val, n)
-            rows.append(dict(n=n, protocol="pool", samples=math.comb(len(pool), n),
+            # the number of size-N subsets averaged over: C(400, 10) is ~2.6e19, past int64
+            rows.append(dict(n=n, protocol="pool", samples=subset_count(len(pool), n),
                              pool_size=len(pool), val_selected_test_mean=sel_mean,
                              val_selected_test_std=sel_std, max_test_mean=max_mean,
                              max_test_std=max_std, best_val_mean=val_mean))
@@ -252,7 +287,7 @@ def best_of_n_table(
                 maxima.append(draw["test_accuracy"].max())
                 best_vals.append(draw["val_accuracy"].max())
             if selected:
-                rows.append(dict(n=n, protocol="repeats", samples=len(selected),
+                rows.append(dict(n=n, protocol="repeats", samples=float(len(selected)),
                                  pool_size=None, val_selected_test_mean=float(np.mean(selected)),
                                  val_selected_test_std=float(np.std(selected)),
                                  max_test_mean=float(np.mean(maxima)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,6 @@ class TrialResult(BaseModel):
     train_seconds: float | None = None
     param_count: int | None = None
     weights_path: str | None = None
-    model_summary: str = ""
     history: list[dict[str, float]] = Field(default_factory=list)
     cached: bool = False  # set when collected: True if this run did not train it
 
@@ -134,7 +133,9 @@ def _retry_delays() -> list[float]:
 
 
 def weights_path_for(key: str, data_dir: str | os.PathLike | None = None) -> Path:
-    return Path(data_dir or default_data_dir()) / "trials" / key / "model.weights.h5"
+    from tasks.model import WEIGHTS_SUFFIX
+
+    return Path(data_dir or default_data_dir()) / "trials" / key / f"model{WEIGHTS_SUFFIX}"
 
 
 def train_trial_fn(
@@ -164,7 +165,6 @@ def train_trial_fn(
         train_seconds=round(outcome.seconds, 3),
         param_count=outcome.param_count,
         weights_path=outcome.weights_path,
-        model_summary=outcome.summary,
         history=outcome.history,
         **outcome.metrics,
     )
@@ -234,14 +234,16 @@ def unique_configs(configs: Sequence[TrialConfig]) -> list[TrialConfig]:
 def run_trials(
     configs: Sequence[TrialConfig],
     data: DataHandle,
-    task_runner,
+    runner: str = "auto",
+    workers: int | None = None,
+    dask_address: str | None = None,
     backend: str = "compiled",
     data_dir: str | None = None,
     progress_key: str | None = None,
-    on_result: Callable[[TrialResult, int, int], None] | None = None,
 ) -> list[TrialResult]:
-    """Run one cached, retried ``train_trial`` per distinct config through ``task_runner``
-    (entered here) and return results in the order of ``configs`` (repeats share a result).
+    """Run one cached, retried ``train_trial`` per distinct config through the task runner
+    ``runner`` (``auto``: chosen by the search's size, :func:`tasks.runners.choose_runner`)
+    and return results in the order of ``configs`` (repeats share a result).
 
     Must be called inside a flow. Prints one line per finished trial, updates a progress
     artifact, and never raises for a failed trial: it comes back with ``status="failed"``.
@@ -249,15 +251,25 @@ def run_trials(
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.futures import as_completed
 
+    from tasks.runners import choose_runner, make_task_runner
+
     logger = get_run_logger()
     distinct = unique_configs(configs)
     total = len(distinct)
+    work = sum(config.epochs for config in distinct) * data.train_size
+    kind, workers = choose_runner(runner, workers, total, work)
+    if total > 1:
+        say(f"Training {total} trials on {kind} x {workers}"
+            + (" (chosen by --runner auto)" if runner == "auto" else ""))
+    task_runner = make_task_runner(kind, workers, dask_address)
     progress_id = create_progress_artifact(
         0.0, key=progress_key, description=f"{total} trials finished, in percent"
     )
     by_config: dict[str, TrialResult] = {}
     tags = concurrency_tags()
     trial_task = train_trial.with_options(tags=tags) if tags else train_trial
+    # the costliest first, so that no worker idles at the end while one trains a big network
+    schedule = sorted(distinct, key=lambda c: -c.training_cost(data.train_size))
     with task_runner as runner:
         futures = {
             runner.submit(
@@ -269,7 +281,7 @@ def run_trials(
                     "data_dir": data_dir,
                 },
             ): config
-            for config in distinct
+            for config in schedule
         }
         for done, future in enumerate(as_completed(list(futures)), start=1):
             config = futures[future]
@@ -287,8 +299,6 @@ def run_trials(
                              if isinstance(error, BaseException) else error)
             by_config[config.canonical_json()] = result
             say(progress_line(result, done, total))
-            if on_result:
-                on_result(result, done, total)
             update_progress_artifact(progress_id, 100.0 * done / total)
     return [by_config[config.canonical_json()] for config in configs]
 

@@ -29,7 +29,7 @@ def test_baseline_flow_writes_the_full_report(mnist_file, tmp_path):
     assert folder.parent == tmp_path / "reports" and folder.name.startswith("baseline-")
     names = {p.name for p in folder.iterdir()}
     for expected in ("report.md", "history.png", "confusion_matrix.png", "history.parquet",
-                     "first_test_images.png", "misclassified_grid.png", "model.weights.h5",
+                     "first_test_images.png", "misclassified_grid.png", "model.weights.npz",
                      "misclassified_01.png", "evaluation.txt", "model_summary.txt"):
         assert expected in names
     history = pd.read_parquet(folder / "history.parquet")

@@ -1,0 +1,244 @@
+"""The compiled backend: the exercise's network trained with plain TensorFlow ops, one graph
+per epoch, the graph reused across trials.
+
+One *trainer* per (units, activation, input size) holds the network's variables, Adam's
+state and two traced graph functions (a training epoch, an evaluation). Everything else a
+trial sets is data, not graph: batch size, learning rate, dropout rate and seeds are tensor
+arguments or variables reset at the start of each trial. So a search of hundreds of trials
+traces about one graph per layer shape and activation, instead of one per trial, and a trial
+spends its time in training steps.
+
+A step is the same computation as the exercise's Keras model: Dense(units, activation) ->
+Dropout -> Dense(10) -> softmax cross-entropy, Adam with Keras' defaults (TensorFlow's fused
+``ResourceApplyAdam``: bias-corrected learning rate, epsilon outside the square root), Glorot
+initial weights from Keras' own seeded initializer, inverted dropout.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tasks.config import TrialConfig
+from tasks.data import Splits
+from tasks.model import N_CLASSES
+from tasks.tf_runtime import tensorflow
+
+EVAL_BATCH = 10_000  # rows per forward pass when computing metrics (bounded memory)
+ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # keras.optimizers.Adam defaults
+MAX_IDLE_TRAINERS = 32  # per process; a 512-unit trainer holds ~5 MB of variables
+
+
+class Trainer:
+    """Variables and traced graphs for one layer shape and activation (see module doc)."""
+
+    def __init__(self, units: int, activation: str, input_dim: int):
+        tf = tensorflow()
+        act = {"relu": tf.nn.relu, "elu": tf.nn.elu, "sigmoid": tf.sigmoid,
+               "tanh": tf.tanh}[activation]
+        self.units, self.activation, self.input_dim = units, activation, input_dim
+        shapes = [(input_dim, units), (units,), (units, N_CLASSES), (N_CLASSES,)]
+        self.weights = [tf.Variable(tf.zeros(shape)) for shape in shapes]
+        self.m = [tf.Variable(tf.zeros(shape)) for shape in shapes]
+        self.v = [tf.Variable(tf.zeros(shape)) for shape in shapes]
+        self.learning_rate = tf.Variable(1e-3)
+        self.keep = tf.Variable(1.0)  # 1 - dropout rate
+        self.step = tf.Variable(0.0)  # Adam's t
+        self.dropout_noise = tf.random.Generator.from_seed(0)
+        w1, b1, w2, b2 = self.weights
+        beta_1, beta_2 = tf.constant(ADAM_BETA_1), tf.constant(ADAM_BETA_2)
+        epsilon = tf.constant(ADAM_EPSILON)
+        x_spec = tf.TensorSpec([None, input_dim], tf.float32)
+        y_spec = tf.TensorSpec([None], tf.uint8)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), x_spec, y_spec,
+                                      tf.TensorSpec([], tf.int32)])
+        def train_epoch(order, x, y, batch):
+            """One pass over ``x[order]`` in minibatches; returns the running mean loss and
+            accuracy (with dropout, as Keras' ``fit`` reports them)."""
+            n = tf.shape(order)[0]
+            loss_sum, hits = tf.constant(0.0), tf.constant(0)
+            for start in tf.range(0, n, batch):
+                index = order[start : start + batch]
+                xb = tf.gather(x, index)
+                yb = tf.cast(tf.gather(y, index), tf.int32)
+                with tf.GradientTape() as tape:
+                    hidden = act(tf.matmul(xb, w1) + b1)
+                    kept = self.dropout_noise.uniform(tf.shape(hidden)) < self.keep
+                    hidden = hidden * (tf.cast(kept, tf.float32) / self.keep)
+                    logits = tf.matmul(hidden, w2) + b2
+                    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
+                    loss = tf.reduce_mean(losses)
+                gradients = tape.gradient(loss, self.weights)
+                self.step.assign_add(1.0)
+                beta_1_power, beta_2_power = tf.pow(beta_1, self.step), tf.pow(beta_2, self.step)
+                for variable, m, v, gradient in zip(self.weights, self.m, self.v, gradients,
+                                                    strict=True):
+                    tf.raw_ops.ResourceApplyAdam(
+                        var=variable.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power,
+                        beta2_power=beta_2_power, lr=self.learning_rate, beta1=beta_1,
+                        beta2=beta_2, epsilon=epsilon, grad=gradient)
+                loss_sum += tf.reduce_sum(losses)
+                hits += tf.reduce_sum(tf.cast(tf.math.in_top_k(yb, logits, 1), tf.int32))
+            count = tf.cast(n, tf.float32)
+            return loss_sum / count, tf.cast(hits, tf.float32) / count
+
+        @tf.function(input_signature=[x_spec, y_spec])
+        def evaluate(x, y):
+            """Mean cross-entropy and accuracy without dropout, in chunks of EVAL_BATCH."""
+            n = tf.shape(x)[0]
+            loss_sum = tf.constant(0.0, tf.float64)
+            hits = tf.constant(0, tf.int64)
+            for start in tf.range(0, n, EVAL_BATCH):
+                xb = x[start : start + EVAL_BATCH]
+                yb = tf.cast(y[start : start + EVAL_BATCH], tf.int32)
+                logits = tf.matmul(act(tf.matmul(xb, w1) + b1), w2) + b2
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
+                loss_sum += tf.reduce_sum(tf.cast(losses, tf.float64))
+                hit = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), yb)
+                hits += tf.reduce_sum(tf.cast(hit, tf.int64))
+            count = tf.cast(n, tf.float64)
+            return loss_sum / count, tf.cast(hits, tf.float64) / count
+
+        self._train_epoch, self._evaluate = train_epoch, evaluate
+
+    def reset(self, config: TrialConfig) -> None:
+        """Start a new trial: Glorot initial weights (Keras' seeded initializer, the same
+        values the Keras model of this config starts from), zero biases and Adam state."""
+        import keras
+
+        seeds = (config.seed, None, config.seed + 2, None)
+        for variable, seed in zip(self.weights, seeds, strict=True):
+            if seed is None:
+                variable.assign(np.zeros(variable.shape, np.float32))
+            else:
+                variable.assign(keras.initializers.GlorotUniform(seed=seed)(variable.shape))
+        for slot in (*self.m, *self.v):
+            slot.assign(np.zeros(slot.shape, np.float32))
+        self.step.assign(0.0)
+        self.learning_rate.assign(config.learning_rate)
+        self.keep.assign(1.0 - config.dropout)
+        self.dropout_noise.reset_from_seed(config.seed + 1)
+
+    def train_epoch(self, order: np.ndarray, x, y, batch_size: int) -> tuple[float, float]:
+        tf = tensorflow()
+        loss, accuracy = self._train_epoch(tf.constant(order, tf.int32), x, y,
+                                           tf.constant(batch_size, tf.int32))
+        return float(loss), float(accuracy)
+
+    def evaluate(self, x, y) -> tuple[float, float]:
+        loss, accuracy = self._evaluate(x, y)
+        return float(loss), float(accuracy)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [variable.numpy() for variable in self.weights]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        for variable, value in zip(self.weights, weights, strict=True):
+            variable.assign(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-process state: idle trainers, and one tensor copy of the splits
+# --------------------------------------------------------------------------------------------
+_LOCK = threading.Lock()
+_IDLE: OrderedDict[tuple, list[Trainer]] = OrderedDict()  # least recently used first
+_TENSORS: dict[int, tuple[weakref.ref, Any]] = {}
+
+
+def _checkout(units: int, activation: str, input_dim: int) -> Trainer:
+    """An idle trainer for this shape (a new one if none is idle: trials on other threads
+    never share one)."""
+    key = (units, activation, input_dim)
+    with _LOCK:
+        idle = _IDLE.get(key)
+        if idle:
+            _IDLE.move_to_end(key)
+            return idle.pop()
+    return Trainer(units, activation, input_dim)
+
+
+def _checkin(trainer: Trainer) -> None:
+    key = (trainer.units, trainer.activation, trainer.input_dim)
+    with _LOCK:
+        _IDLE.setdefault(key, []).append(trainer)
+        _IDLE.move_to_end(key)
+        while sum(len(v) for v in _IDLE.values()) > MAX_IDLE_TRAINERS:
+            oldest = next(iter(_IDLE))
+            _IDLE[oldest].pop(0)
+            if not _IDLE[oldest]:
+                del _IDLE[oldest]
+
+
+def clear_trainers() -> None:
+    """Forget every idle trainer of this process (tests; memory)."""
+    with _LOCK:
+        _IDLE.clear()
+
+
+def as_tensor(array: np.ndarray):
+    """One TensorFlow copy of a split per process, dropped with the array."""
+    tf = tensorflow()
+    with _LOCK:
+        hit = _TENSORS.get(id(array))
+        if hit is not None and hit[0]() is array:
+            return hit[1]
+    tensor = tf.constant(array)
+    with _LOCK:
+        _TENSORS[id(array)] = (weakref.ref(array), tensor)
+        weakref.finalize(array, _TENSORS.pop, id(array), None)
+    return tensor
+
+
+# --------------------------------------------------------------------------------------------
+# One trial
+# --------------------------------------------------------------------------------------------
+def train(config: TrialConfig, splits: Splits,
+          on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train one trial; see :func:`tasks.engine.train_model` for what comes back."""
+    from tasks.engine import BestWeights, history_row
+
+    trainer = _checkout(config.units, config.activation, splits.x_train.shape[1])
+    try:
+        trainer.reset(config)
+        x_train, y_train = as_tensor(splits.x_train), as_tensor(splits.y_train)
+        x_val, y_val = as_tensor(splits.x_val), as_tensor(splits.y_val)
+        rng = np.random.default_rng(config.seed)
+        n = len(splits.x_train)
+        best = BestWeights(enabled=config.checkpoint)
+        history = []
+        for epoch in range(1, config.epochs + 1):
+            running = trainer.train_epoch(rng.permutation(n).astype(np.int32), x_train,
+                                          y_train, config.batch_size)
+            train_metrics = trainer.evaluate(x_train, y_train) if config.epoch_metrics \
+                else running
+            row = history_row(epoch, *train_metrics, *trainer.evaluate(x_val, y_val))
+            history.append(row)
+            best.update(trainer.get_weights, epoch, row["val_accuracy"])
+            if on_epoch:
+                on_epoch(row)
+        best_epoch = best.epoch if config.checkpoint else config.epochs
+        if config.checkpoint:
+            trainer.set_weights(best.weights)
+        row = history[best_epoch - 1]
+        if config.epoch_metrics:
+            train_loss, train_accuracy = row["train_loss"], row["train_accuracy"]
+        else:  # the reported weights' training metrics, without dropout, computed once
+            train_loss, train_accuracy = trainer.evaluate(x_train, y_train)
+        test_loss, test_accuracy = trainer.evaluate(as_tensor(splits.x_test),
+                                                    as_tensor(splits.y_test))
+        return {
+            "history": history,
+            "best_epoch": best_epoch,
+            "weights": trainer.get_weights(),
+            "metrics": {"train_loss": train_loss, "train_accuracy": train_accuracy,
+                        "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"],
+                        "test_loss": test_loss, "test_accuracy": test_accuracy},
+        }
+    finally:
+        _checkin(trainer)
