@@ -10,34 +10,15 @@ for the first test images, misclassified images.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect import flow
 
-from tasks.cli import (
-    add_common_options,
-    add_hyperparameter_options,
-    check_inputs,
-    quiet_logs,
-    run_cli,
-    say,
-)
-from tasks.config import (
-    Backend,
-    PositiveInt,
-    SplitSpec,
-    TrialConfig,
-    make_config,
-    with_epochs,
-)
+from tasks.cli import flow_main, run_cli, say
+from tasks.config import Backend, PositiveInt, SplitSpec, TrialConfig, make_config, with_epochs
 from tasks.data import prepare_data_task
-from tasks.report_baseline import baseline_report
-from tasks.training import run_trials
+from tasks.report_baseline import baseline_report_task
+from tasks.training import run_trials, weights_exist
 
 
 @flow(name="baseline")
@@ -54,33 +35,25 @@ def baseline(
     ``epochs``, when given, replaces ``config.epochs``."""
     config = with_epochs(config, epochs)
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
-    [result] = run_trials([config], handle, "threads", 1, None, backend,
-                          data_dir, progress_key="baseline-progress")
+    [result] = run_trials([config], handle, "threads", 1, None, backend, data_dir,
+                          progress_key="baseline-progress")
+    if result.status == "completed" and not weights_exist(result):
+        # a cached result whose weights file is gone (deleted, another --data-dir): the
+        # report needs the weights, so train again and store the new result
+        say(f"The cached baseline's weights are missing ({result.weights_path}): retraining")
+        [result] = run_trials([config], handle, "threads", 1, None, backend, data_dir,
+                              progress_key="baseline-progress", refresh=True)
     if result.status != "completed":
         raise RuntimeError(f"baseline training failed: {result.error}")
-    folder = baseline_report(result, handle, reports_dir)
+    folder = baseline_report_task(result, handle, reports_dir)
     say(f"Report: {folder}")
     return folder
 
 
 def main(argv: list[str] | None = None) -> str:
-    defaults = TrialConfig().model_dump()
-    parser = argparse.ArgumentParser(
-        description="Train the exercise's baseline network on MNIST and write its report "
-                    "(a folder under reports/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_hyperparameter_options(parser, defaults, many=False)
-    parser.add_argument("--seed", type=int, default=0, help="seed for init, dropout, shuffling")
-    add_common_options(parser, epochs=defaults["epochs"])
-    args = parser.parse_args(argv)
-    quiet_logs(args.verbose)
-    config = make_config(units=args.units, dropout=args.dropout, activation=args.activation,
-                         learning_rate=args.learning_rate, batch_size=args.batch_size,
-                         epochs=args.epochs, seed=args.seed)
-    check_inputs(args)
-    return baseline(config=config, data=args.data, train_samples=args.train_samples,
-                    reports_dir=args.reports_dir, data_dir=args.data_dir, backend=args.backend)
+    return flow_main(baseline, "Train the exercise's baseline network on MNIST and write its "
+                     "report (a folder under reports/).", argv, expand=("config",),
+                     make={"config": make_config})
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Activation = Literal["relu", "elu", "sigmoid", "tanh"]
 Backend = Literal["compiled", "keras"]
 #: Flow-parameter types the Prefect server checks before a run is created.
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0)]
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "sigmoid", "tanh")
 _WithEpochs = TypeVar("_WithEpochs", bound=BaseModel)

@@ -8,6 +8,7 @@ Training code never receives arrays through Prefect: it receives a small :class:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def default_data_dir() -> Path:
     """Where processed splits and trained weights live: ``$PIPELINE_DATA_DIR`` or ``./data``."""
-    return Path(os.environ.get("PIPELINE_DATA_DIR", PROJECT_ROOT / "data"))
+    from tasks.settings import current
+
+    return current().data_dir
 
 
 class DataHandle(BaseModel):
@@ -284,6 +287,20 @@ def write_processed(splits: Splits, directory: Path, fp: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed)."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_data(
     mnist_path: str | os.PathLike | None = None,
     split: SplitSpec | None = None,
@@ -303,7 +320,13 @@ def prepare_data(
     directory = Path(data_dir or default_data_dir()) / "processed" / fp
     reused = directory.exists() and _manifest_ok(directory)
     if not reused:
-        write_processed(split_arrays(arrays, split), directory, fp)
+        # One writer at a time per data set: two runs that both find the files missing or
+        # damaged must not move aside the copy the other has just written and is reading.
+        # An OS file lock, released when its process dies, so a killed run never blocks one.
+        with _exclusive(directory.parent / f".{directory.name}.lock"):
+            reused = directory.exists() and _manifest_ok(directory)  # written meanwhile?
+            if not reused:
+                write_processed(split_arrays(arrays, split), directory, fp)
     sizes = json.loads((directory / "manifest.json").read_text())["sizes"]
     handle = DataHandle(
         directory=str(directory.resolve()),
@@ -359,7 +382,7 @@ def load_splits(handle: DataHandle) -> Splits:
 # --------------------------------------------------------------------------------------------
 # Prefect task
 # --------------------------------------------------------------------------------------------
-@task(name="prepare-data")
+@task(name="prepare-data", retries=0)
 def prepare_data_task(
     mnist_path: str | None = None,
     split: SplitSpec | None = None,

@@ -44,3 +44,8 @@ def as_user_error(error: ValidationError, prefix: str = "") -> UserError:
 class ReportError(RuntimeError):
     """A report step failed after the trials table was written: the run's results are safe
     (``trials.parquet`` in the named folder) and a rerun rebuilds the report from the cache."""
+
+
+class TrialsFailed(RuntimeError):
+    """More trials failed (after their retries) than the run tolerates. Raised after the
+    report is written, so the run ends Failed with its results on disk."""

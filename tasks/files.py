@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,3 +37,17 @@ def atomic_write_parquet(frame, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False, engine="pyarrow")
     return Path(path)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "reports directory") -> Path:
+    """Create ``path`` if needed and prove it is writable; a UserError names it otherwise."""
+    from tasks.errors import UserError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {path}: not writable ({exc.strerror or exc})") from exc
+    return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,8 +20,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from tasks.errors import ReportError, UserError
-from tasks.files import atomic_write_parquet, atomic_write_text  # noqa: F401  (re-exported)
+from tasks.errors import ReportError
+from tasks.files import (  # noqa: F401  (re-exported)
+    atomic_write_parquet,
+    atomic_write_text,
+    check_writable_dir,
+)
 from tasks.training import TrialResult
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -32,30 +35,20 @@ TRIAL_COLUMNS = [
     "trial_key", "units", "dropout", "activation", "learning_rate", "batch_size", "epochs",
     "seed", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
     "test_accuracy", "test_error_rate", "best_epoch", "train_seconds", "param_count",
-    "backend", "data_fingerprint", "cached", "status", "error", "weights_path",
+    "backend", "data_fingerprint", "attempts", "cached", "status", "error", "weights_path",
 ]
 HYPERPARAMETERS = ["units", "dropout", "activation", "learning_rate", "batch_size"]
 
 
 def default_reports_dir() -> Path:
-    return Path(os.environ.get("PIPELINE_REPORTS_DIR", PROJECT_ROOT / "reports"))
+    from tasks.settings import current
+
+    return current().reports_dir
 
 
 # --------------------------------------------------------------------------------------------
 # Files, written atomically
 # --------------------------------------------------------------------------------------------
-def check_writable_dir(path: str | os.PathLike, what: str = "reports directory") -> Path:
-    """Create ``path`` if needed and prove it is writable; a UserError names it otherwise."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{what} {path}: not writable ({exc.strerror or exc})") from exc
-    return path
-
-
 class RunFolder:
     """A report folder that appears under ``reports_dir`` only once it is complete.
 
@@ -76,6 +69,13 @@ class RunFolder:
         self.path.mkdir(parents=True)
         self.kept: str | None = None
         return self
+
+    def write_results(self, frame: pd.DataFrame, name: str = "trials.parquet") -> Path:
+        """The run's results, first of all: one row per trial as Parquet; from now on a failed
+        report step keeps the folder."""
+        path = atomic_write_parquet(frame, self.path / name)
+        self.keep(name)
+        return path
 
     def keep(self, name: str) -> None:
         """From now on a failed step keeps the folder: ``name`` (e.g. ``trials.parquet``)
@@ -110,8 +110,7 @@ class RunFolder:
 def trials_frame(results: Sequence[TrialResult]) -> pd.DataFrame:
     """One row per trial (all hyperparameters, metrics, timing, cached, status, key)."""
     frame = pd.DataFrame([r.row() for r in results], columns=TRIAL_COLUMNS)
-    for column in ("cached",):
-        frame[column] = frame[column].astype(bool)
+    frame["cached"] = frame["cached"].astype(bool)
     return frame
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks import plots
+from tasks import figures_baseline as plots
 from tasks.data import DataHandle, load_splits
 from tasks.model import WEIGHTS_SUFFIX
 from tasks.report import (
@@ -153,8 +153,9 @@ Files: `history.parquet`, `evaluation.parquet`, `evaluation.txt`, `model_summary
 """
 
 
-@task(name="baseline-report")
-def baseline_report(result: TrialResult, data: DataHandle, reports_dir: str | None = None) -> str:
+@task(name="baseline-report", retries=0)
+def baseline_report_task(result: TrialResult, data: DataHandle,
+                         reports_dir: str | None = None) -> str:
     """Predict the test set with the saved weights and write the baseline report."""
     probabilities, summary = predict_test(result, data)
     return str(write_baseline_report(result, data, probabilities, reports_dir, summary))

@@ -44,7 +44,25 @@ def write_exercise_report(folders: dict[str, str], reports_dir: str | os.PathLik
     return run.final
 
 
-@task(name="exercise-report")
-def exercise_report(folders: dict[str, str], reports_dir: str | None = None) -> str:
+def check_report_failures(folders: list[str], report: str | os.PathLike,
+                          tolerated: int = 0) -> None:
+    """Raise :class:`TrialsFailed` when the searches whose report folders are given failed more
+    trials than ``tolerated`` in all (read from their ``trials.parquet``)."""
+    import pandas as pd
+
+    from tasks.errors import TrialsFailed
+
+    failed = total = 0
+    for folder in folders:
+        trials = pd.read_parquet(Path(folder) / "trials.parquet").drop_duplicates("trial_key")
+        failed += int((trials["status"] == "failed").sum())
+        total += len(trials)
+    if failed > tolerated:
+        allowed = f"; {tolerated} tolerated" if tolerated else ""
+        raise TrialsFailed(f"{failed} of {total} trials failed{allowed} (see report {report})")
+
+
+@task(name="exercise-report", retries=0)
+def write_exercise_report_task(folders: dict[str, str], reports_dir: str | None = None) -> str:
     """Write the combined report of the whole exercise."""
     return str(write_exercise_report(folders, reports_dir))

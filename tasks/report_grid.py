@@ -9,10 +9,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from tasks import plots
+from tasks import figures_grid as plots
 from tasks.report import (
     RunFolder,
-    atomic_write_parquet,
     atomic_write_text,
     best_trial,
     default_reports_dir,
@@ -46,8 +45,7 @@ def write_grid_report(
     row_axis, col_axis = heatmap_axes(space)
     with RunFolder(reports_dir or default_reports_dir(), "grid") as run:
         out = run.path
-        atomic_write_parquet(frame, out / "trials.parquet")
-        run.keep("trials.parquet")
+        run.write_results(frame)
         with run.step("results table"):
             table_text = markdown_table(table)
             atomic_write_text(out / "results.txt",
@@ -123,8 +121,9 @@ Files: `trials.parquet` (one row per cell, all hyperparameters and metrics), `re
 """
 
 
-@task(name="grid-report")
-def grid_report(results: list[TrialResult], space: SearchSpace, reports_dir: str | None = None,
-                wall_seconds: float | None = None) -> str:
+@task(name="grid-report", retries=0)
+def write_grid_report_task(results: list[TrialResult], space: SearchSpace,
+                           reports_dir: str | None = None,
+                           wall_seconds: float | None = None) -> str:
     """Write the grid report folder (trials.parquet, tables, heatmaps, report.md)."""
     return str(write_grid_report(results, space, reports_dir, wall_seconds))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from tasks import plots
+from tasks import figures_random as plots
+from tasks.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.report import (
     HYPERPARAMETERS,
     RunFolder,
@@ -24,7 +25,7 @@ from tasks.report import (
     results_table,
     trials_frame,
 )
-from tasks.search_space import SearchSpace, StudyPlan, best_of_n_table
+from tasks.search_space import DEFAULT_RANDOM_SPACE, SearchSpace
 from tasks.training import TrialResult, count_sources
 
 
@@ -48,8 +49,7 @@ def write_random_report(
     best = best_trial(frame)
     with RunFolder(reports_dir or default_reports_dir(), "random") as run:
         out = run.path
-        atomic_write_parquet(frame, out / "trials.parquet")
-        run.keep("trials.parquet")
+        run.write_results(frame)
         with run.step("trials table"):
             table_text = markdown_table(table)
             atomic_write_text(out / "trials.txt", table_text + "\n")
@@ -65,10 +65,13 @@ def write_random_report(
         if best_of_n is not None and not best_of_n.empty:
             with run.step("best-of-N file"):
                 atomic_write_parquet(best_of_n, out / "best_of_n.parquet")
-                study_text = markdown_table(best_of_n, floatfmt=".4f")
+                shown = best_of_n.assign(samples=best_of_n["samples"].map(
+                    lambda v: f"{v:.3g}" if v >= 1e6 else f"{v:.0f}"))  # C(400, 200): 1e119
+                study_text = markdown_table(shown, floatfmt=".4f")
                 atomic_write_text(out / "best_of_n.txt", study_text + "\n")
             with run.step("best-of-N figure"):
-                plots.plot_best_of_n(best_of_n, out / "best_of_n.png")
+                plots.plot_best_of_n(best_of_n, out / "best_of_n.png",
+                                     reference=notebook_reference(space))
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
             atomic_write_text(out / "report.md",
@@ -78,6 +81,15 @@ def write_random_report(
     if best_of_n is not None and not best_of_n.empty:
         publish_table("best-of-n", best_of_n, "Best accuracy found among N random trials")
     return run.final
+
+
+def notebook_reference(space: SearchSpace) -> dict[int, tuple[float, float]] | None:
+    """The notebook's printed best-of-N, where the study searched the notebook's space (its
+    values and epochs; any training seed)."""
+    ignore = {"seed"}
+    if space.model_dump(exclude=ignore) == DEFAULT_RANDOM_SPACE.model_dump(exclude=ignore):
+        return NOTEBOOK_BEST_OF_N
+    return None
 
 
 def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, int],
@@ -145,10 +157,11 @@ Files: `trials.parquet` (one row per trial), `best_of_n.parquet` (if a study ran
 """
 
 
-@task(name="random-report")
-def random_report(results: list[TrialResult], space: SearchSpace,
-                  plan: StudyPlan | None = None,
-                  draws: list[tuple[int, int, list[str]]] | None = None,
-                  reports_dir: str | None = None, requested: int | None = None) -> str:
+@task(name="random-report", retries=0)
+def write_random_report_task(results: list[TrialResult], space: SearchSpace,
+                             plan: StudyPlan | None = None,
+                             draws: list[tuple[int, int, list[str]]] | None = None,
+                             reports_dir: str | None = None,
+                             requested: int | None = None) -> str:
     """Write the random-search report folder."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested))

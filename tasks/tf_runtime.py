@@ -15,7 +15,9 @@ import threading
 
 def tf_logs_wanted() -> bool:
     """``PIPELINE_TF_LOGS=1`` (or ``-v`` on a command line) brings TensorFlow's logs back."""
-    return os.environ.get("PIPELINE_TF_LOGS", "0") == "1"
+    from tasks.settings import current
+
+    return current().tf_logs
 
 
 def configure_tensorflow(

@@ -1,6 +1,6 @@
 """The trial unit: one cached, retried, memory-stable training task over a data handle.
 
-``train_trial(config, data)`` is the only place a network is trained by the flows. Its cache
+``train_trial_task(config, data)`` is the only place a network is trained by the flows. Its cache
 key is the trial key (config + data fingerprint + training-code version + backend), so a
 rerun, a resumed search, a larger grid or a random search that draws a config the grid
 already trained, trains only what is missing. ``run_trials`` fans trials out through a task
@@ -9,7 +9,6 @@ runner and reports one line per finished trial.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Sequence
@@ -21,9 +20,10 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.cli import say
 from tasks.config import TrialConfig, trial_key
+from tasks.console import say
 from tasks.data import DataHandle, default_data_dir, load_splits
+from tasks.settings import current
 
 
 class TransientTrainingError(RuntimeError):
@@ -52,6 +52,7 @@ class TrialResult(BaseModel):
     param_count: int | None = None
     weights_path: str | None = None
     history: list[dict[str, float]] = Field(default_factory=list)
+    attempts: int = 1  # the attempt that trained it (2 or more: after retries)
     cached: bool = False  # set when collected: True if this run did not train it
 
     @property
@@ -76,6 +77,7 @@ class TrialResult(BaseModel):
             "param_count": self.param_count,
             "backend": self.backend,
             "data_fingerprint": self.data_fingerprint,
+            "attempts": self.attempts,
             "cached": self.cached,
             "status": self.status,
             "error": self.error,
@@ -90,20 +92,18 @@ def maybe_inject_fault(config: TrialConfig, attempt: int) -> None:
     """Raise a TransientTrainingError for configs matched by ``$PIPELINE_FAULTS``.
 
     Each rule is a JSON object of config fields to match plus ``times``: the number of
-    attempts that fail (``-1``: every attempt).
+    attempts that fail (``-1``: every attempt), and optionally ``"error": "deterministic"``
+    to raise a ValueError instead, which is never retried.
     """
-    spec = os.environ.get("PIPELINE_FAULTS")
-    if not spec:
-        return
     fields = config.model_dump()
-    for rule in json.loads(spec):
+    for rule in current().faults:
         rule = dict(rule)
         times = int(rule.pop("times", 1))
+        kind = rule.pop("error", "transient")
         if all(fields.get(k) == v for k, v in rule.items()):
             if times < 0 or attempt <= times:
-                raise TransientTrainingError(
-                    f"injected fault for {config.label()} (attempt {attempt})"
-                )
+                error = ValueError if kind == "deterministic" else TransientTrainingError
+                raise error(f"injected {kind} fault for {config.label()} (attempt {attempt})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,13 +123,22 @@ def concurrency_tags() -> list[str]:
     Off by default: before a tagged task starts, Prefect 3.9 asks its API for the tag's slots,
     and on the project's machine that held trials back by about 2 s each even with no limit
     set (the default grid: 24 of its 25 trials, 54 s of its 303 s)."""
-    tag = os.environ.get("PIPELINE_CONCURRENCY_TAG", "").strip()
+    tag = current().concurrency_tag
     return [tag] if tag else []
 
 
-def _retry_delays() -> list[float]:
-    raw = os.environ.get("PIPELINE_RETRY_DELAYS", "2,8")
-    return [float(x) for x in raw.split(",") if x.strip()]
+#: Errors worth another attempt: injected faults, flaky I/O (a shared filesystem, a full disk
+#: being cleaned). Anything else (bad data, a bad config, a bug) fails at once, with its message.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientTrainingError, OSError)
+
+
+def is_transient(error: object) -> bool:
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def retry_only_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed attempt only for a transient error."""
+    return is_transient(state.data)
 
 
 def weights_path_for(key: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -138,7 +147,7 @@ def weights_path_for(key: str, data_dir: str | os.PathLike | None = None) -> Pat
     return Path(data_dir or default_data_dir()) / "trials" / key / f"model{WEIGHTS_SUFFIX}"
 
 
-def train_trial_fn(
+def train_trial(
     config: TrialConfig,
     data: DataHandle,
     backend: str = "compiled",
@@ -166,6 +175,7 @@ def train_trial_fn(
         param_count=outcome.param_count,
         weights_path=outcome.weights_path,
         history=outcome.history,
+        attempts=attempt,
         **outcome.metrics,
     )
 
@@ -178,11 +188,11 @@ def train_trial_fn(
     persist_result=True,
     result_serializer="json",
     cache_result_in_memory=False,
-    retries=len(_retry_delays()),
-    retry_delay_seconds=_retry_delays(),
+    # retries and their delays: Prefect's own settings (prefect.toml: 2 retries, 2 s and 8 s)
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
 )
-def train_trial(
+def train_trial_task(
     config: TrialConfig,
     data: DataHandle,
     backend: str = "compiled",
@@ -191,12 +201,17 @@ def train_trial(
     """Train one network (cached on the trial key; retried with backoff)."""
     from prefect.runtime import task_run
 
-    return train_trial_fn(config, data, backend, data_dir, attempt=task_run.run_count or 1)
+    return train_trial(config, data, backend, data_dir, attempt=task_run.run_count or 1)
 
 
 # --------------------------------------------------------------------------------------------
 # Fan-out
 # --------------------------------------------------------------------------------------------
+def weights_exist(result: TrialResult) -> bool:
+    """True if the trial's saved weights are where its (possibly cached) result says."""
+    return bool(result.weights_path) and Path(result.weights_path).is_file()
+
+
 def failed_result(
     config: TrialConfig, data: DataHandle, backend: str, error: BaseException | str
 ) -> TrialResult:
@@ -240,13 +255,15 @@ def run_trials(
     backend: str = "compiled",
     data_dir: str | None = None,
     progress_key: str | None = None,
+    refresh: bool = False,
 ) -> list[TrialResult]:
-    """Run one cached, retried ``train_trial`` per distinct config through the task runner
+    """Run one cached, retried ``train_trial_task`` per distinct config through the task runner
     ``runner`` (``auto``: chosen by the search's size, :func:`tasks.runners.choose_runner`)
     and return results in the order of ``configs`` (repeats share a result).
 
     Must be called inside a flow. Prints one line per finished trial, updates a progress
     artifact, and never raises for a failed trial: it comes back with ``status="failed"``.
+    ``refresh`` trains even what the cache holds (and stores the new result).
     """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.futures import as_completed
@@ -266,8 +283,10 @@ def run_trials(
         0.0, key=progress_key, description=f"{total} trials finished, in percent"
     )
     by_config: dict[str, TrialResult] = {}
-    tags = concurrency_tags()
-    trial_task = train_trial.with_options(tags=tags) if tags else train_trial
+    options = {"tags": concurrency_tags()} if concurrency_tags() else {}
+    if refresh:
+        options["refresh_cache"] = True
+    trial_task = train_trial_task.with_options(**options) if options else train_trial_task
     # the costliest first, so that no worker idles at the end while one trains a big network
     schedule = sorted(distinct, key=lambda c: -c.training_cost(data.train_size))
     with task_runner as runner:
@@ -301,6 +320,18 @@ def run_trials(
             say(progress_line(result, done, total))
             update_progress_artifact(progress_id, 100.0 * done / total)
     return [by_config[config.canonical_json()] for config in configs]
+
+
+def check_failures(results: Sequence[TrialResult], report: str, tolerated: int = 0) -> None:
+    """Raise :class:`TrialsFailed` (the flow run ends Failed) when more than ``tolerated``
+    distinct trials failed; called after the report is written, which it names."""
+    from tasks.errors import TrialsFailed
+
+    counts = count_sources(results)
+    if counts["failed"] > tolerated:
+        allowed = f"; {tolerated} tolerated" if tolerated else ""
+        raise TrialsFailed(f"{counts['failed']} of {counts['trials']} trials failed{allowed} "
+                           f"(see report {report})")
 
 
 def count_sources(results: Sequence[TrialResult]) -> dict[str, int]:

@@ -11,7 +11,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="mnist-search-tests-"))
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_HOME / "prefect" / "storage")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PIPELINE_RETRY_DELAYS"] = "0,0"
+os.environ["PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS"] = "0"
 os.environ["PIPELINE_DATA_DIR"] = str(_HOME / "data")
 os.environ["PIPELINE_REPORTS_DIR"] = str(_HOME / "reports")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -96,6 +96,7 @@ def test_command_line_exit_status_and_help():
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert helped.returncode == 0
-    for option in ("--trials", "--study", "--protocol", "--repeats", "--seed", "--epochs",
-                   "--data", "--reports-dir", "--train-samples", "--runner", "--workers"):
+    for option in ("--trials", "--study", "--protocol", "--repeats", "--draw-seed",
+                   "--train-seed", "--epochs", "--data", "--reports-dir", "--train-samples",
+                   "--runner", "--workers", "--max-failures"):
         assert option in helped.stdout

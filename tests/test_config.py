@@ -44,3 +44,27 @@ def test_trial_key_depends_on_config_data_and_backend_only():
 def test_split_rejects_non_positive_subset():
     with pytest.raises(UserError, match="train_samples=0"):
         make_split(train_samples=0)
+
+
+def test_the_readme_settings_table_is_generated_from_the_settings_object():
+    from conftest import PROJECT_ROOT
+
+    from tasks.settings import settings_table
+
+    assert settings_table() in (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_settings_are_read_from_the_environment_in_one_place():
+    from pathlib import Path
+
+    from tasks.errors import UserError
+    from tasks.settings import Settings
+
+    settings = Settings.from_environment({
+        "PIPELINE_DATA_DIR": "/tmp/d", "PIPELINE_FAULTS": '[{"units": 16, "times": -1}]',
+        "PIPELINE_CONCURRENCY_TAG": " ", "PIPELINE_TF_LOGS": "1"})
+    assert settings.data_dir == Path("/tmp/d") and settings.tf_logs is True
+    assert settings.faults == [{"units": 16, "times": -1}]
+    assert settings.concurrency_tag is None  # blank is unset
+    with pytest.raises(UserError, match="bad setting"):
+        Settings.from_environment({"PIPELINE_FAULTS": "[{not json"})

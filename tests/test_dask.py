@@ -18,7 +18,7 @@ from tasks.config import SplitSpec, trial_key
 from tasks.data import prepare_data
 from tasks.runners import make_task_runner, thread_report, threads_per_worker
 from tasks.search_space import expand_grid, make_space
-from tasks.training import train_trial_fn
+from tasks.training import train_trial
 
 pytest.importorskip("prefect_dask")
 with_prefect_api = pytest.mark.usefixtures("prefect_harness")
@@ -139,7 +139,7 @@ def test_dask_grid_matches_sequential_training_and_shares_the_threads_cache(
     for config, row in zip(configs, trials.itertuples(), strict=True):
         if row.cached:
             continue  # trained by the threads run above, compared already
-        reference = train_trial_fn(config, handle, data_dir=str(tmp_path / "reference"))
+        reference = train_trial(config, handle, data_dir=str(tmp_path / "reference"))
         assert reference.trial_key == row.trial_key
         assert reference.best_epoch == row.best_epoch
         for name in METRICS:

@@ -56,7 +56,7 @@ class Stack:
             PREFECT_WORKER_QUERY_SECONDS="1",  # the worker polls every second
             PREFECT_CLI_COLORS="false",
             PREFECT_CLI_WRAP_LINES="false",
-            PIPELINE_RETRY_DELAYS="0,0",
+            PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS="0",
             TF_CPP_MIN_LOG_LEVEL="3",
         )
         env.pop("PIPELINE_FAULTS", None)

@@ -2,6 +2,7 @@
 reports."""
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -10,8 +11,10 @@ import pytest
 from flows.grid import grid_search
 from flows.random_search import random_search
 from flows.train import baseline
+from tasks.best_of_n import make_study_plan
 from tasks.config import TrialConfig
-from tasks.search_space import make_space, make_study_plan
+from tasks.errors import TrialsFailed
+from tasks.search_space import make_space
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -38,6 +41,23 @@ def test_baseline_flow_writes_the_full_report(mnist_file, tmp_path):
     report = (folder / "report.md").read_text()
     assert "| Test" in report and "Error rate [%]" in report and "12,730" in report
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_cached_baseline_whose_weights_are_gone_is_retrained(mnist_file, tmp_path, capsys):
+    config = TrialConfig(units=19, batch_size=100, epochs=1)
+    first = Path(baseline(config=config, data=str(mnist_file),
+                          reports_dir=str(tmp_path / "r")))
+    trials = {p.parent.name: p for p in Path(os.environ["PIPELINE_DATA_DIR"]).glob(
+        "trials/*/model.weights.npz")}
+    summary = (first / "report.md").read_text()
+    key = next(k for k in trials if k in summary)
+    trials[key].unlink()  # the cache still holds the result; its weights are gone
+    capsys.readouterr()
+    second = Path(baseline(config=config, data=str(mnist_file),
+                           reports_dir=str(tmp_path / "r")))
+    out = capsys.readouterr().out
+    assert "weights are missing" in out and "trained in" in out
+    assert trials[key].is_file() and (second / "model.weights.npz").is_file()
 
 
 def test_grid_caches_across_runs_and_a_changed_parameter_misses(mnist_file, tmp_path, capsys):
@@ -78,30 +98,65 @@ def test_a_transient_failure_is_retried(mnist_file, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 12, "times": 1}]))
     _, trials = run_grid(mnist_file, tmp_path, dropout=[0.0], units=[12])
     assert trials.loc[0, "status"] == "completed" and not trials.loc[0, "cached"]
+    assert trials.loc[0, "attempts"] == 2  # the first attempt failed, the retry trained it
 
 
-def test_a_permanent_failure_is_reported_and_the_others_finish(mnist_file, tmp_path,
-                                                               monkeypatch, capsys):
+def test_a_deterministic_error_is_not_retried(mnist_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_FAULTS",
+                       json.dumps([{"units": 15, "times": -1, "error": "deterministic"}]))
+    with pytest.raises(TrialsFailed, match="1 of 1 trials failed"):
+        run_grid(mnist_file, tmp_path, dropout=[0.0], units=[15])
+    trials = pd.read_parquet(only_report(tmp_path) / "trials.parquet")
+    assert trials.loc[0, "error"] == (
+        "ValueError: injected deterministic fault for units=15 dropout=0 act=relu lr=0.001 "
+        "batch=100 epochs=1 seed=0 (attempt 1)")  # one attempt: no retry, no backoff
+
+
+def only_report(tmp_path) -> Path:
+    (folder,) = (tmp_path / "reports").iterdir()
+    return folder
+
+
+def test_a_permanent_failure_is_reported_and_the_run_ends_failed(mnist_file, tmp_path,
+                                                                 monkeypatch, capsys):
     monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 13, "times": -1}]))
-    folder, trials = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.2], units=[13, 14])
+    with pytest.raises(TrialsFailed) as error:
+        run_grid(mnist_file, tmp_path, dropout=[0.0, 0.2], units=[13, 14])
+    folder = only_report(tmp_path)
+    # the report is written in full first, and the run's message points at it
+    assert str(error.value) == f"2 of 4 trials failed (see report {folder})"
+    trials = pd.read_parquet(folder / "trials.parquet")
     failed = trials[trials["status"] == "failed"]
     assert sorted(failed["units"]) == [13, 13]
-    assert failed["error"].str.contains("injected fault").all()
+    assert failed["error"].str.contains(r"injected transient fault .* \(attempt 3\)").all()
     assert failed["test_accuracy"].isna().all()
     assert (trials[trials["units"] == 14]["status"] == "completed").all()
     assert "FAILED" in (folder / "report.md").read_text()
     assert "2 failed" in capsys.readouterr().out
+    # tolerated failures: the same run completes
+    space = make_space(batch_size=[100], epochs=1, dropout=[0.0, 0.2], units=[13, 14])
+    grid_search(space=space, data=str(mnist_file), reports_dir=str(tmp_path / "tolerant"),
+                max_failures=2)
     # once the fault is gone, the failed cells train and the others come from the cache
     monkeypatch.delenv("PIPELINE_FAULTS")
-    _, again = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.2], units=[13, 14])
+    _, again = run_grid(mnist_file, tmp_path / "fixed", dropout=[0.0, 0.2], units=[13, 14])
     assert (again["status"] == "completed").all()
     assert list(again["cached"]) == [False, True, False, True]
+
+
+def test_a_failed_run_ends_failed_in_prefect(mnist_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 21, "times": -1}]))
+    space = make_space(batch_size=[100], epochs=1, dropout=[0.0], units=[21])
+    state = grid_search(space=space, data=str(mnist_file), return_state=True,
+                        reports_dir=str(tmp_path / "reports"))
+    assert state.is_failed()
+    assert state.message.endswith(f"1 of 1 trials failed (see report {only_report(tmp_path)})")
 
 
 def test_random_study_reuses_cached_trials_across_n_and_repeats(mnist_file, tmp_path, capsys):
     space = make_space(units=[9, 17], dropout=[0.0, 0.5], batch_size=[100], epochs=1)
     plan = make_study_plan(n_values=[2, 3], protocol="repeats", repeats=2)
-    folder = Path(random_search(space=space, study=plan, seed=0, data=str(mnist_file),
+    folder = Path(random_search(space=space, study=plan, draw_seed=0, data=str(mnist_file),
                                 reports_dir=str(tmp_path / "r")))
     out = capsys.readouterr().out
     # 10 trainings asked for from a space of 4 configs: at most 4 are trained
@@ -114,11 +169,11 @@ def test_random_study_reuses_cached_trials_across_n_and_repeats(mnist_file, tmp_
     assert (study["max_test_mean"] >= study["val_selected_test_mean"] - 1e-12).all()
     assert (folder / "best_of_n.png").exists() and (folder / "hyperparameters.png").exists()
     # the same study again: everything from the cache; the pool protocol reuses them too
-    random_search(space=space, study=plan, seed=0, data=str(mnist_file),
+    random_search(space=space, study=plan, draw_seed=0, data=str(mnist_file),
                   reports_dir=str(tmp_path / "r"))
     assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
     pool = make_study_plan(n_values=[2, 3], protocol="pool", pool_size=4)
-    folder = Path(random_search(space=space, study=pool, seed=3, data=str(mnist_file),
+    folder = Path(random_search(space=space, study=pool, draw_seed=3, data=str(mnist_file),
                                 reports_dir=str(tmp_path / "r")))
     assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
     study = pd.read_parquet(folder / "best_of_n.parquet")
@@ -130,7 +185,7 @@ def test_a_config_the_grid_trained_is_not_trained_again_by_random_search(
     run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[20])
     capsys.readouterr()
     space = make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100], epochs=1)
-    random_search(space=space, trials=2, seed=5, data=str(mnist_file),
+    random_search(space=space, trials=2, draw_seed=5, data=str(mnist_file),
                   reports_dir=str(tmp_path / "r"))
     assert "Random search done: 0 trained, 2 from cache" in capsys.readouterr().out
 
@@ -181,11 +236,11 @@ def test_an_opt_in_concurrency_tag_reaches_every_training_task(mnist_file, tmp_p
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
 
-    from tasks.training import concurrency_tags, train_trial
+    from tasks.training import concurrency_tags, train_trial_task
 
     # off by default: a tagged task waits for Prefect's slot check before every start
     monkeypatch.delenv("PIPELINE_CONCURRENCY_TAG", raising=False)
-    assert concurrency_tags() == [] and not train_trial.tags
+    assert concurrency_tags() == [] and not train_trial_task.tags
     tag = f"cap-{tmp_path.name}"
     monkeypatch.setenv("PIPELINE_CONCURRENCY_TAG", tag)
     with get_client(sync_client=True) as client:
@@ -205,3 +260,22 @@ def test_an_opt_in_concurrency_tag_reaches_every_training_task(mnist_file, tmp_p
             assert not client.read_concurrency_limit_by_tag(tag).active_slots
         finally:
             client.delete_concurrency_limit_by_tag(tag)
+
+
+def test_the_command_line_of_a_failed_run_exits_1_with_one_line(mnist_file, tmp_path,
+                                                                  monkeypatch, capsys):
+    from flows import grid
+    from tasks.cli import run_cli
+
+    monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 22, "times": -1}]))
+    code = run_cli(grid.main, ["--data", str(mnist_file), "--units", "22", "--dropout", "0",
+                               "--batch-size", "100", "--epochs", "1",
+                               "--reports-dir", str(tmp_path / "reports")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err == f"error: 1 of 1 trials failed (see report {only_report(tmp_path)})"
+    # tolerated, the same command succeeds
+    code = run_cli(grid.main, ["--data", str(mnist_file), "--units", "22", "--dropout", "0",
+                               "--batch-size", "100", "--epochs", "1", "--max-failures", "1",
+                               "--reports-dir", str(tmp_path / "tolerant")])
+    assert code == 0

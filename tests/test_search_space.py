@@ -7,18 +7,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.best_of_n import (
+    StudyPlan,
+    best_of_n_table,
+    expected_best_of_n,
+    study_configs,
+    subset_count,
+    trainings_needed,
+)
 from tasks.errors import UserError
 from tasks.search_space import (
     DEFAULT_GRID,
     DEFAULT_RANDOM_SPACE,
-    StudyPlan,
-    best_of_n_table,
     expand_grid,
-    expected_best_of_n,
     make_space,
     sample_configs,
-    study_configs,
-    trainings_needed,
 )
 
 
@@ -124,4 +127,13 @@ def test_study_sizes_for_the_exercise():
     assert all(len({c.canonical_json() for c in d}) == len(d) for d in draws.values())
     with pytest.raises(UserError, match="pool_size=5"):
         study_configs(StudyPlan(n_values=[10], pool_size=5), DEFAULT_RANDOM_SPACE, 0)
-    assert math.comb(400, 200) > 0
+
+
+def test_subset_counts_past_int64_stay_exact_floats_and_overflow_to_inf():
+    # C(400, 10) ~ 2.6e19 is past int64: storing it made writing best_of_n.parquet crash
+    assert subset_count(400, 10) == pytest.approx(math.comb(400, 10), rel=1e-15)
+    assert subset_count(400, 10) > np.iinfo(np.int64).max
+    assert subset_count(400, 200) == pytest.approx(math.comb(400, 200), rel=1e-15)
+    assert subset_count(3000, 1500) == math.inf  # past float range: inf, not an error
+    frame = pd.DataFrame({"samples": [subset_count(400, n) for n in (10, 200)]})
+    assert frame["samples"].dtype == np.float64

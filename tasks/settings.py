@@ -1,0 +1,101 @@
+"""The project's own settings: one typed object, the only reader of ``PIPELINE_*`` variables.
+
+Prefect's settings stay Prefect's (``prefect.toml`` at the project root: the temporary
+server's start-up timeout, analytics; ``PREFECT_*`` variables override them). TensorFlow's
+thread variables stay TensorFlow's (set per worker by :mod:`tasks.runners`).
+
+Every field can be set with its environment variable (the table in the README is checked
+against this class by a test):
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseModel):
+    """Where things go and how a run behaves, beyond its parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path = Field(
+        PROJECT_ROOT / "data", json_schema_extra={"env": "PIPELINE_DATA_DIR"},
+        description="processed splits (data/processed/) and each trial's weights "
+                    "(data/trials/); --data-dir overrides it")
+    reports_dir: Path = Field(
+        PROJECT_ROOT / "reports", json_schema_extra={"env": "PIPELINE_REPORTS_DIR"},
+        description="one folder per run; --reports-dir overrides it")
+    faults: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"env": "PIPELINE_FAULTS"},
+        description='fault injection for tests and demos, JSON: [{"units": 16, "times": 1}] '
+                    "fails the first attempt of every trial with 16 units (times -1: every "
+                    'attempt; "error": "deterministic": a ValueError, never retried)')
+    concurrency_tag: str | None = Field(
+        None, json_schema_extra={"env": "PIPELINE_CONCURRENCY_TAG"},
+        description="a Prefect tag on every training task, to cap trainings across runs "
+                    "with `prefect concurrency-limit create TAG N` (off by default)")
+    tf_logs: bool = Field(
+        False, json_schema_extra={"env": "PIPELINE_TF_LOGS"},
+        description="1: show TensorFlow's own logs (what -v/--verbose sets)")
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _faults_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("concurrency_tag", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings as the environment gives them (unset variables keep the defaults)."""
+        environ = os.environ if environ is None else environ
+        values = {name: environ[env] for name, env in environment_variables().items()
+                  if environ.get(env, "") != ""}
+        try:
+            return cls(**values)
+        except (ValidationError, ValueError) as exc:
+            raise UserError(f"bad setting in the environment: {exc}".splitlines()[0]) from exc
+
+
+def environment_variables() -> dict[str, str]:
+    """Field name -> its environment variable."""
+    return {name: field.json_schema_extra["env"]
+            for name, field in Settings.model_fields.items()}
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from :class:`Settings` (a test keeps the README
+    equal to it: ``python -m tasks.settings`` prints it)."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for field in Settings.model_fields.values():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, Path):
+            default = f"./{default.relative_to(PROJECT_ROOT)}"
+        shown = "unset" if default in (None, [], False) else f"`{default}`"
+        rows.append(f"| `{field.json_schema_extra['env']}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+def current() -> Settings:
+    """The settings now (read from the environment: cheap, and what a worker process that
+    inherited the environment sees too)."""
+    return Settings.from_environment()
+
+
+if __name__ == "__main__":
+    print(settings_table())

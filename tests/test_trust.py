@@ -1,0 +1,197 @@
+"""What the pipeline promises, kept: keys that follow the code, searches that grow, a data
+rebuild that two runs can share, settings Prefect reads before it starts, Ctrl-C that leaves
+at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
+
+from tasks import config as config_module
+from tasks.best_of_n import StudyPlan, study_configs
+from tasks.config import TrialConfig, trial_key
+from tasks.search_space import DEFAULT_RANDOM_SPACE, make_space, sample_configs
+
+
+# --------------------------------------------------------------------------------------------
+# The code version is derived from the training code, never hand-kept
+# --------------------------------------------------------------------------------------------
+def test_a_change_to_the_training_code_changes_every_trial_key(tmp_path, monkeypatch):
+    module = tmp_path / "fake_backend.py"
+    source = '''"""A backend."""\n\ndef step(x):\n    return x * 2  # doubled\n'''
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(config_module, "TRAINING_CODE_MODULES", ("fake_backend",))
+    config = TrialConfig()
+
+    def key() -> str:
+        config_module.training_code_version.cache_clear()
+        return trial_key(config, "fp")
+
+    original = key()
+    # a docstring, a comment or formatting does not change what a trial computes
+    module.write_text(source.replace("A backend.", "The backend.").replace("# doubled", "")
+                      .replace("x * 2", "x*2"))
+    assert key() == original
+    # a change to the computation does
+    module.write_text(source.replace("x * 2", "x * 3"))
+    assert key() != original
+    # and so does another TensorFlow
+    module.write_text(source)
+    real_version = config_module.importlib.metadata.version
+    monkeypatch.setattr(config_module.importlib.metadata, "version",
+                        lambda name: "9.9" if name == "tensorflow" else real_version(name))
+    assert key() != original
+    config_module.training_code_version.cache_clear()
+
+
+def test_the_real_code_version_covers_the_engine_and_the_libraries():
+    assert set(config_module.TRAINING_CODE_MODULES) >= {
+        "tasks.engine", "tasks.backend_compiled", "tasks.backend_keras", "tasks.model"}
+    assert set(config_module.TRAINING_PACKAGES) >= {"tensorflow", "keras"}
+    assert len(config_module.training_code_version()) == 16
+
+
+# --------------------------------------------------------------------------------------------
+# Growing a search trains only the new configs
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("small, large", [(20, 40), (1, 3000), (200, 400)])
+def test_a_larger_random_search_extends_the_smaller_one(small, large):
+    a = sample_configs(DEFAULT_RANDOM_SPACE, small, seed=4)
+    b = sample_configs(DEFAULT_RANDOM_SPACE, large, seed=4)
+    assert b[:small] == a
+    assert len({c.canonical_json() for c in b}) == large
+
+
+def test_a_larger_study_pool_extends_the_smaller_one():
+    (small,) = study_configs(StudyPlan(n_values=[10, 100]), DEFAULT_RANDOM_SPACE, 0).values()
+    (large,) = study_configs(StudyPlan(), DEFAULT_RANDOM_SPACE, 0).values()
+    assert (len(small), len(large)) == (200, 400) and large[:200] == small
+
+
+def test_the_repeats_protocol_keeps_independent_draws():
+    draws = study_configs(StudyPlan(protocol="repeats", n_values=[10, 20], repeats=2),
+                          DEFAULT_RANDOM_SPACE, 0)
+    assert draws[(20, 0)][:10] != draws[(10, 0)]  # not nested: each draw is its own
+    assert draws[(10, 0)] != draws[(10, 1)]
+
+
+def test_a_huge_space_is_drawn_without_a_permutation_and_keeps_the_prefix():
+    space = make_space(units=list(range(1, 1001)), dropout=[i / 100 for i in range(99)],
+                       learning_rate=[1e-3, 1e-2], batch_size=list(range(1, 11)), epochs=1)
+    assert space.size > 1_000_000
+    a, b = sample_configs(space, 5, seed=1), sample_configs(space, 50, seed=1)
+    assert b[:5] == a and len({c.canonical_json() for c in b}) == 50
+
+
+# --------------------------------------------------------------------------------------------
+# Two runs that both find damaged processed data
+# --------------------------------------------------------------------------------------------
+def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
+    """In a child process: slow writes (so that both runs are inside the rebuild at once),
+    then prepare the data and read every split back."""
+    import tasks.data as data
+
+    real_write = data.write_split
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.3)
+        return real_write(*args, **kwargs)
+
+    data.write_split = slow_write
+    barrier.wait()
+    try:
+        handle, reused = data.prepare_data(mnist, None, data_dir)
+        splits = data.load_splits(handle)
+        results.put(("ok", reused, handle.fingerprint, len(splits.x_train)))
+    except Exception as exc:  # pragma: no cover (the failure this test guards against)
+        results.put(("error", repr(exc), None, None))
+
+
+def test_two_runs_rebuilding_damaged_data_do_not_break_each_other(tmp_path):
+    from tasks.data import prepare_data
+
+    mnist = str(write_npz(tmp_path / "mnist.npz", synthetic_mnist(n_train=300, n_test=10000)))
+    handle, _ = prepare_data(mnist, None, tmp_path / "data")
+    train = Path(handle.directory) / "train.arrow"
+    train.write_bytes(train.read_bytes()[:-100])  # damaged: the checksum no longer matches
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    children = [context.Process(target=_prepare_after,
+                                args=(barrier, mnist, str(tmp_path / "data"), results))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
+    # exactly one of them rebuilt; the other waited and used the fresh copy
+    assert sorted(o[1] for o in outcomes) == [False, True]
+    assert {o[3] for o in outcomes} == {300}
+    _, reused = prepare_data(mnist, None, tmp_path / "data")
+    assert reused
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect's settings: read from the project's prefect.toml, before Prefect starts
+# --------------------------------------------------------------------------------------------
+def test_prefect_reads_the_project_settings_before_it_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_SERVER_")}  # nothing from the environment
+    env["PREFECT_HOME"] = str(tmp_path / "fresh-home")
+    code = ("from prefect.settings import get_current_settings as s; "
+            "print(s().server.ephemeral.startup_timeout_seconds, s().server.analytics_enabled)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["120", "False"]  # Prefect's own defaults are 20 and True
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ctrl_c_exits_at_once_leaves_no_process_and_the_rerun_resumes(mnist_file, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PIPELINE_DATA_DIR=str(tmp_path / "data"),
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "home" / "storage"))
+    command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
+               str(tmp_path / "reports"), "--dropout", "0", "0.1", "0.2", "0.3", "--units",
+               "8", "16", "--batch-size", "16", "--epochs", "3", "--runner", "processes",
+               "--workers", "2"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in process.stdout:  # wait until two trials are done (their results stored)
+        lines.append(line)
+        if line.startswith("[2/8]"):
+            break
+    family = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(True))]
+    assert len(family) >= 3  # the command, its temporary server, its workers
+    interrupted = time.monotonic()
+    os.killpg(process.pid, 2)  # what a terminal's Ctrl-C does: SIGINT to the process group
+    process.wait(timeout=60)
+    seconds = time.monotonic() - interrupted
+    assert process.returncode == 130
+    assert "finished trials are cached" in process.stderr.read()
+    time.sleep(1)
+    left = [pid for pid in family if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"left running: {left}"
+    print(f"Ctrl-C to exit: {seconds:.1f} s")
+    assert seconds < 30  # it took ~150 s before; the figure itself is in the README
+    # the rerun trains only what had not finished
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (summary,) = [line for line in done.stdout.splitlines() if line.startswith("Grid done")]
+    cached = int(summary.split(" trained, ")[1].split(" from cache")[0])
+    assert cached >= 2, summary
