@@ -26,6 +26,7 @@ import numpy as np
 
 from tasks.config import TrialConfig
 from tasks.data import Splits
+from tasks.epochs import NOT_COMPUTED, BestWeights, history_row, reported_metrics
 from tasks.model import N_CLASSES
 from tasks.tf_runtime import tensorflow
 
@@ -59,10 +60,9 @@ class Trainer:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), x_spec, y_spec,
                                       tf.TensorSpec([], tf.int32)])
         def train_epoch(order, x, y, batch):
-            """One pass over ``x[order]`` in minibatches; returns the running mean loss and
-            accuracy (with dropout, as Keras' ``fit`` reports them)."""
+            """One pass over ``x[order]`` in minibatches. Nothing is monitored inside the
+            loop: every op there is paid once per step."""
             n = tf.shape(order)[0]
-            loss_sum, hits = tf.constant(0.0), tf.constant(0)
             for start in tf.range(0, n, batch):
                 index = order[start : start + batch]
                 xb = tf.gather(x, index)
@@ -72,8 +72,8 @@ class Trainer:
                     kept = self.dropout_noise.uniform(tf.shape(hidden)) < self.keep
                     hidden = hidden * (tf.cast(kept, tf.float32) / self.keep)
                     logits = tf.matmul(hidden, w2) + b2
-                    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
-                    loss = tf.reduce_mean(losses)
+                    loss = tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
                 gradients = tape.gradient(loss, self.weights)
                 self.step.assign_add(1.0)
                 beta_1_power, beta_2_power = tf.pow(beta_1, self.step), tf.pow(beta_2, self.step)
@@ -83,10 +83,7 @@ class Trainer:
                         var=variable.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power,
                         beta2_power=beta_2_power, lr=self.learning_rate, beta1=beta_1,
                         beta2=beta_2, epsilon=epsilon, grad=gradient)
-                loss_sum += tf.reduce_sum(losses)
-                hits += tf.reduce_sum(tf.cast(tf.math.in_top_k(yb, logits, 1), tf.int32))
-            count = tf.cast(n, tf.float32)
-            return loss_sum / count, tf.cast(hits, tf.float32) / count
+            return n
 
         @tf.function(input_signature=[x_spec, y_spec])
         def evaluate(x, y):
@@ -125,11 +122,9 @@ class Trainer:
         self.keep.assign(1.0 - config.dropout)
         self.dropout_noise.reset_from_seed(config.seed + 1)
 
-    def train_epoch(self, order: np.ndarray, x, y, batch_size: int) -> tuple[float, float]:
+    def train_epoch(self, order: np.ndarray, x, y, batch_size: int) -> None:
         tf = tensorflow()
-        loss, accuracy = self._train_epoch(tf.constant(order, tf.int32), x, y,
-                                           tf.constant(batch_size, tf.int32))
-        return float(loss), float(accuracy)
+        self._train_epoch(tf.constant(order, tf.int32), x, y, tf.constant(batch_size, tf.int32))
 
     def evaluate(self, x, y) -> tuple[float, float]:
         loss, accuracy = self._evaluate(x, y)
@@ -201,8 +196,6 @@ def as_tensor(array: np.ndarray):
 def train(config: TrialConfig, splits: Splits,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train one trial; see :func:`tasks.engine.train_model` for what comes back."""
-    from tasks.engine import BestWeights, history_row
-
     trainer = _checkout(config.units, config.activation, splits.x_train.shape[1])
     try:
         trainer.reset(config)
@@ -213,11 +206,10 @@ def train(config: TrialConfig, splits: Splits,
         best = BestWeights(enabled=config.checkpoint)
         history = []
         for epoch in range(1, config.epochs + 1):
-            running = trainer.train_epoch(rng.permutation(n).astype(np.int32), x_train,
-                                          y_train, config.batch_size)
-            train_metrics = trainer.evaluate(x_train, y_train) if config.epoch_metrics \
-                else running
-            row = history_row(epoch, *train_metrics, *trainer.evaluate(x_val, y_val))
+            trainer.train_epoch(rng.permutation(n).astype(np.int32), x_train, y_train,
+                                config.batch_size)
+            train = trainer.evaluate(x_train, y_train) if config.epoch_metrics else NOT_COMPUTED
+            row = history_row(epoch, *train, *trainer.evaluate(x_val, y_val))
             history.append(row)
             best.update(trainer.get_weights, epoch, row["val_accuracy"])
             if on_epoch:
@@ -225,20 +217,10 @@ def train(config: TrialConfig, splits: Splits,
         best_epoch = best.epoch if config.checkpoint else config.epochs
         if config.checkpoint:
             trainer.set_weights(best.weights)
-        row = history[best_epoch - 1]
-        if config.epoch_metrics:
-            train_loss, train_accuracy = row["train_loss"], row["train_accuracy"]
-        else:  # the reported weights' training metrics, without dropout, computed once
-            train_loss, train_accuracy = trainer.evaluate(x_train, y_train)
-        test_loss, test_accuracy = trainer.evaluate(as_tensor(splits.x_test),
-                                                    as_tensor(splits.y_test))
-        return {
-            "history": history,
-            "best_epoch": best_epoch,
-            "weights": trainer.get_weights(),
-            "metrics": {"train_loss": train_loss, "train_accuracy": train_accuracy,
-                        "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"],
-                        "test_loss": test_loss, "test_accuracy": test_accuracy},
-        }
+        metrics = reported_metrics(
+            config, history, best_epoch, lambda: trainer.evaluate(x_train, y_train),
+            lambda: trainer.evaluate(as_tensor(splits.x_test), as_tensor(splits.y_test)))
+        return {"history": history, "best_epoch": best_epoch,
+                "weights": trainer.get_weights(), "metrics": metrics}
     finally:
         _checkin(trainer)

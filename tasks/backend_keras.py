@@ -11,6 +11,7 @@ import numpy as np
 
 from tasks.config import TrialConfig
 from tasks.data import Splits
+from tasks.epochs import NOT_COMPUTED, BestWeights, history_row, reported_metrics
 from tasks.model import EVAL_BATCH, N_CLASSES, build_model
 from tasks.tf_runtime import tensorflow
 
@@ -18,8 +19,6 @@ from tasks.tf_runtime import tensorflow
 def train(config: TrialConfig, splits: Splits,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train one trial; see :func:`tasks.engine.train_model` for what comes back."""
-    from tasks.engine import BestWeights, history_row
-
     tensorflow()
     import keras
 
@@ -41,12 +40,11 @@ def train(config: TrialConfig, splits: Splits,
 
     class CalculateMetrics(keras.callbacks.Callback):
         """Per-epoch history; training metrics recomputed without dropout when asked (the
-        exercise's callback), else fit's running means (with dropout)."""
+        exercise's callback), else not computed (as in the compiled backend)."""
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            train = evaluate(x_train, y_train) if config.epoch_metrics else (
-                logs["loss"], logs["accuracy"])
+            train = evaluate(x_train, y_train) if config.epoch_metrics else NOT_COMPUTED
             row = history_row(epoch + 1, *train, logs["val_loss"], logs["val_accuracy"])
             history.append(row)
             best.update(model.get_weights, epoch + 1, row["val_accuracy"])
@@ -58,19 +56,9 @@ def train(config: TrialConfig, splits: Splits,
     best_epoch = best.epoch if config.checkpoint else config.epochs
     if config.checkpoint:
         model.set_weights(best.weights)
-    row = history[best_epoch - 1]
-    if config.epoch_metrics:
-        train_loss, train_accuracy = row["train_loss"], row["train_accuracy"]
-    else:
-        train_loss, train_accuracy = evaluate(x_train, y_train)
-    test_loss, test_accuracy = evaluate(splits.x_test.astype(np.float64),
-                                        keras.utils.to_categorical(splits.y_test, N_CLASSES))
-    weights = [np.array(w) for w in model.get_weights()]
-    return {
-        "history": history,
-        "best_epoch": best_epoch,
-        "weights": weights,
-        "metrics": {"train_loss": train_loss, "train_accuracy": train_accuracy,
-                    "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"],
-                    "test_loss": test_loss, "test_accuracy": test_accuracy},
-    }
+    metrics = reported_metrics(
+        config, history, best_epoch, lambda: evaluate(x_train, y_train),
+        lambda: evaluate(splits.x_test.astype(np.float64),
+                         keras.utils.to_categorical(splits.y_test, N_CLASSES)))
+    return {"history": history, "best_epoch": best_epoch,
+            "weights": [np.array(w) for w in model.get_weights()], "metrics": metrics}

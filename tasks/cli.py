@@ -107,6 +107,8 @@ def _on_interrupt(signum, frame) -> None:  # pragma: no cover (tested through a 
     for Prefect to wind down against a temporary server that the same Ctrl-C has stopped
     took minutes of API errors."""
     print(INTERRUPTED, file=sys.stderr, flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # what this process's other threads say while it ends is noise
     stop_children()
     os._exit(130)
 

@@ -101,8 +101,8 @@ class SplitSpec(BaseModel):
 
 
 #: Modules whose code decides what a trial computes (read as source, never imported here).
-TRAINING_CODE_MODULES = ("tasks.engine", "tasks.backend_compiled", "tasks.backend_keras",
-                         "tasks.model")
+TRAINING_CODE_MODULES = ("tasks.engine", "tasks.epochs", "tasks.backend_compiled",
+                         "tasks.backend_keras", "tasks.model")
 #: Packages whose versions decide it too.
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
 

@@ -42,34 +42,6 @@ class TrainOutcome:
     weights_path: str | None = None
 
 
-class BestWeights:
-    """The weights of the epoch with the highest validation accuracy (like Keras'
-    ``ModelCheckpoint(save_best_only=True, monitor="val_accuracy")``: strictly better only).
-    Disabled, it only counts epochs."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.accuracy = -np.inf
-        self.epoch = 0
-        self.weights: list[np.ndarray] | None = None
-
-    def update(self, get_weights: Callable[[], list[np.ndarray]], epoch: int,
-               val_accuracy: float) -> None:
-        if self.enabled and val_accuracy > self.accuracy:
-            self.accuracy, self.epoch = val_accuracy, epoch
-            self.weights = [np.array(w) for w in get_weights()]
-
-
-def history_row(epoch, train_loss, train_acc, val_loss, val_acc) -> dict[str, float]:
-    return {
-        "epoch": int(epoch),
-        "train_loss": float(train_loss),
-        "train_accuracy": float(train_acc),
-        "val_loss": float(val_loss),
-        "val_accuracy": float(val_acc),
-    }
-
-
 def _backend(name: str):
     if name == "compiled":
         from tasks import backend_compiled

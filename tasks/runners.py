@@ -66,8 +66,16 @@ def init_worker(intra_op_threads: int | None = None) -> None:
     is told). TensorFlow is imported here so that its runtime setters apply before the
     first op; the first trial would pay for the import anyway.
     """
+    import signal
+    import threading
+
     from tasks.tf_runtime import configure_tensorflow
     from tasks.tf_runtime import tensorflow as _tf
+
+    # Ctrl-C reaches the whole process group: the command that started this worker handles
+    # it (and ends the worker); a worker of its own would only print a traceback
+    if threading.current_thread() is threading.main_thread():  # (a Dask plugin is not)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     if intra_op_threads is None:
         intra_op_threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or None
