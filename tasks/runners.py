@@ -258,8 +258,8 @@ def check_api_for_cluster(address: str) -> None:
 
 def choose_runner(kind: str, workers: int | None, trials: int, work: int,
                   cores: int | None = None) -> tuple[str, int]:
-    """Resolve ``auto`` and a missing worker count for a search of ``trials`` distinct
-    trials and ``work`` = trials x epochs x training images.
+    """Resolve ``auto`` and a missing worker count for a search with ``trials`` distinct
+    trials left to train and ``work`` = their epochs x training images.
 
     ``auto``: one worker process per core for a large search (at least two trials per core
     and :data:`AUTO_PROCESSES_MIN_WORK`; on the project's 2-core machine the default grid

@@ -207,6 +207,16 @@ def train_trial_task(
 # --------------------------------------------------------------------------------------------
 # Fan-out
 # --------------------------------------------------------------------------------------------
+def probably_cached(config: TrialConfig, data: DataHandle, backend: str = "compiled") -> bool:
+    """True if Prefect's local result storage holds a result under this trial's cache key. A
+    hint for choosing the runner only: the task still decides (a damaged entry is retrained,
+    another result storage reads as not cached)."""
+    from prefect.settings import get_current_settings
+
+    storage = Path(get_current_settings().results.local_storage_path).expanduser()
+    return (storage / f"trial-{trial_key(config, data.fingerprint, backend)}").is_file()
+
+
 def weights_exist(result: TrialResult) -> bool:
     """True if the trial's saved weights are where its (possibly cached) result says."""
     return bool(result.weights_path) and Path(result.weights_path).is_file()
@@ -273,10 +283,13 @@ def run_trials(
     logger = get_run_logger()
     distinct = unique_configs(configs)
     total = len(distinct)
-    work = sum(config.epochs for config in distinct) * data.train_size
-    kind, workers = choose_runner(runner, workers, total, work)
+    # the runner is chosen for what is left to train: a rerun from the cache needs no pool
+    pending = [c for c in distinct if refresh or not probably_cached(c, data, backend)]
+    work = sum(config.epochs for config in pending) * data.train_size
+    kind, workers = choose_runner(runner, workers, len(pending), work)
     if total > 1:
-        say(f"Training {total} trials on {kind} x {workers}"
+        cached = f", {total - len(pending)} of them in the cache" if len(pending) < total else ""
+        say(f"{total} trials{cached}: {kind} x {workers}"
             + (" (chosen by --runner auto)" if runner == "auto" else ""))
     task_runner = make_task_runner(kind, workers, dask_address)
     progress_id = create_progress_artifact(

@@ -47,6 +47,22 @@ def grid(mnist_file, tmp_path, grid_space, **runner):
     return pd.read_parquet(Path(folder) / "trials.parquet")
 
 
+def test_auto_runner_starts_worker_processes_only_for_a_large_search():
+    from tasks.runners import choose_runner
+
+    full_epoch = 60_000
+    # the default study or grid on 2 cores: one worker process per core
+    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=2) == ("processes", 2)
+    assert choose_runner("auto", None, 25, 25 * 10 * full_epoch, cores=2) == ("processes", 2)
+    # a quick look, a rerun with 1 trial left, one core: one thread, no start-up
+    assert choose_runner("auto", None, 4, 4 * 2000, cores=2) == ("threads", 1)
+    assert choose_runner("auto", None, 1, 10 * full_epoch, cores=2) == ("threads", 1)
+    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=1) == ("threads", 1)
+    # explicit choices are kept; workers never exceed the trials
+    assert choose_runner("processes", None, 3, 0, cores=8) == ("processes", 3)
+    assert choose_runner("threads", 4, 10, 0, cores=2) == ("threads", 4)
+
+
 def test_make_task_runner_builds_each_kind_with_its_share_of_cores():
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner

@@ -68,7 +68,10 @@ def test_grid_caches_across_runs_and_a_changed_parameter_misses(mnist_file, tmp_
     assert "Grid done: 4 trained, 0 from cache" in out and out.count("(trained in") == 4
     _, second = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.5], units=[8, 16])
     assert second["cached"].all()
-    assert "Grid done: 0 trained, 4 from cache" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Grid done: 0 trained, 4 from cache" in out
+    # the cache was looked at before choosing the runner: nothing left, no worker pool
+    assert "4 trials, 4 of them in the cache: threads x 1 (chosen by --runner auto)" in out
     pd.testing.assert_series_equal(first["test_accuracy"], second["test_accuracy"])
     # a larger grid trains only its new cells; another epoch count is a miss
     _, larger = run_grid(mnist_file, tmp_path, dropout=[0.0, 0.5], units=[8, 16, 24])
