@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.errors import as_user_error
+from tasks.errors import UserError, as_user_error
 
 #: Help for the plain flow parameters, by name (shared by every flow that has one).
 HELP: dict[str, str] = {
@@ -184,6 +184,9 @@ def flow_arguments(flow, args: argparse.Namespace, expand: tuple[str, ...] = (),
         fields = {key.split(".", 1)[1]: value for key, value in given.items()
                   if key.startswith(f"{name}.")}
         if optional and not given.get(name) and default is None:
+            if fields:  # e.g. --n without --study: say so instead of ignoring it
+                first = _option(next(iter(fields)))
+                raise UserError(f"{first} belongs to {_option(name)}: add {_option(name)}")
             continue  # --study not given: no study
         values = (default.model_dump() if isinstance(default, BaseModel) else {}) | fields
         build = (make or {}).get(name, model)

@@ -100,3 +100,9 @@ def test_command_line_exit_status_and_help():
                    "--train-seed", "--epochs", "--data", "--reports-dir", "--train-samples",
                    "--runner", "--workers", "--max-failures"):
         assert option in helped.stdout
+
+
+def test_a_study_option_without_study_is_an_error_not_ignored(capsys, reports, mnist_file):
+    err = fails(random_search.main, ["--n", "2", "4", "--data", str(mnist_file)], capsys,
+                reports)
+    assert err == "error: --n belongs to --study: add --study"
