@@ -296,15 +296,16 @@ def run_trials(
         0.0, key=progress_key, description=f"{total} trials finished, in percent"
     )
     by_config: dict[str, TrialResult] = {}
-    options = {"tags": concurrency_tags()} if concurrency_tags() else {}
+    tags = concurrency_tags()
+    options: dict[str, Any] = {"tags": tags} if tags else {}
     if refresh:
         options["refresh_cache"] = True
     trial_task = train_trial_task.with_options(**options) if options else train_trial_task
     # the costliest first, so that no worker idles at the end while one trains a big network
     schedule = sorted(distinct, key=lambda c: -c.training_cost(data.train_size))
-    with task_runner as runner:
+    with task_runner as pool:
         futures = {
-            runner.submit(
+            pool.submit(
                 trial_task,
                 parameters={
                     "config": config,
