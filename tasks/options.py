@@ -166,9 +166,8 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
 
 
 def hints_of(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: field.annotation for name, field in model.model_fields.items()} | {
-        name: typing.get_type_hints(model, include_extras=True).get(name, field.annotation)
-        for name, field in model.model_fields.items()}
+    """Each field's type (pydantic keeps list element constraints as ``Annotated``)."""
+    return {name: field.annotation for name, field in model.model_fields.items()}
 
 
 def flow_arguments(flow, args: argparse.Namespace, expand: tuple[str, ...] = (),
