@@ -12,6 +12,12 @@ A step is the same computation as the exercise's Keras model: Dense(units, activ
 Dropout -> Dense(10) -> softmax cross-entropy, Adam with Keras' defaults (TensorFlow's fused
 ``ResourceApplyAdam``: bias-corrected learning rate, epsilon outside the square root), Glorot
 initial weights from Keras' own seeded initializer, inverted dropout.
+
+Inputs that are zero in every training image (67 of MNIST's 784 pixels, at the border) are
+left out of the training steps: their first-layer weights get a gradient of exactly zero, so
+Adam never moves them (its step is ``lr * m / (sqrt(v) + eps)`` with ``m = 0``). They keep
+their initial values, as in the full network, and take part in every evaluation (validation
+and test images may have ink there). Same network, 5-9 % less time per step.
 """
 
 from __future__ import annotations
@@ -38,13 +44,17 @@ MAX_IDLE_TRAINERS = 32  # per process; a 512-unit trainer holds ~5 MB of variabl
 class Trainer:
     """Variables and traced graphs for one layer shape and activation (see module doc)."""
 
-    def __init__(self, units: int, activation: str, input_dim: int):
+    def __init__(self, units: int, activation: str, active: int, inactive: int):
         tf = tensorflow()
         act = {"relu": tf.nn.relu, "elu": tf.nn.elu, "sigmoid": tf.sigmoid,
                "tanh": tf.tanh}[activation]
-        self.units, self.activation, self.input_dim = units, activation, input_dim
-        shapes = [(input_dim, units), (units,), (units, N_CLASSES), (N_CLASSES,)]
+        self.units, self.activation = units, activation
+        self.shape_key = (units, activation, active, inactive)
+        shapes = [(active, units), (units,), (units, N_CLASSES), (N_CLASSES,)]
         self.weights = [tf.Variable(tf.zeros(shape)) for shape in shapes]
+        # first-layer rows of the inputs that are zero in every training image (module doc)
+        self.frozen = tf.Variable(tf.zeros((inactive, units)))
+        self.columns: tuple[np.ndarray, np.ndarray] | None = None
         self.m = [tf.Variable(tf.zeros(shape)) for shape in shapes]
         self.v = [tf.Variable(tf.zeros(shape)) for shape in shapes]
         self.learning_rate = tf.Variable(1e-3)
@@ -54,7 +64,8 @@ class Trainer:
         w1, b1, w2, b2 = self.weights
         beta_1, beta_2 = tf.constant(ADAM_BETA_1), tf.constant(ADAM_BETA_2)
         epsilon = tf.constant(ADAM_EPSILON)
-        x_spec = tf.TensorSpec([None, input_dim], tf.float32)
+        x_spec = tf.TensorSpec([None, active], tf.float32)
+        zero_spec = tf.TensorSpec([None, None], tf.float32)
         y_spec = tf.TensorSpec([None], tf.uint8)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), x_spec, y_spec,
@@ -85,16 +96,22 @@ class Trainer:
                         beta2=beta_2, epsilon=epsilon, grad=gradient)
             return n
 
-        @tf.function(input_signature=[x_spec, y_spec])
-        def evaluate(x, y):
-            """Mean cross-entropy and accuracy without dropout, in chunks of EVAL_BATCH."""
+        @tf.function(input_signature=[x_spec, zero_spec, y_spec])
+        def evaluate(x, x_frozen, y):
+            """Mean cross-entropy and accuracy without dropout, in chunks of EVAL_BATCH;
+            ``x_frozen``: the inputs of the frozen rows (no columns for the training split,
+            where they are all zero)."""
             n = tf.shape(x)[0]
             loss_sum = tf.constant(0.0, tf.float64)
             hits = tf.constant(0, tf.int64)
             for start in tf.range(0, n, EVAL_BATCH):
                 xb = x[start : start + EVAL_BATCH]
+                zb = x_frozen[start : start + EVAL_BATCH]
                 yb = tf.cast(y[start : start + EVAL_BATCH], tf.int32)
-                logits = tf.matmul(act(tf.matmul(xb, w1) + b1), w2) + b2
+                pre = tf.matmul(xb, w1) + b1
+                if tf.shape(zb)[1] > 0:
+                    pre += tf.matmul(zb, self.frozen)
+                logits = tf.matmul(act(pre), w2) + b2
                 losses = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
                 loss_sum += tf.reduce_sum(tf.cast(losses, tf.float64))
                 hit = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), yb)
@@ -104,17 +121,21 @@ class Trainer:
 
         self._train_epoch, self._evaluate = train_epoch, evaluate
 
-    def reset(self, config: TrialConfig) -> None:
+    def reset(self, config: TrialConfig, columns: tuple[np.ndarray, np.ndarray]) -> None:
         """Start a new trial: Glorot initial weights (Keras' seeded initializer, the same
-        values the Keras model of this config starts from), zero biases and Adam state."""
+        values the Keras model of this config starts from), zero biases and Adam state.
+        ``columns``: the (trained, frozen) input columns."""
         import keras
 
-        seeds = (config.seed, None, config.seed + 2, None)
-        for variable, seed in zip(self.weights, seeds, strict=True):
-            if seed is None:
-                variable.assign(np.zeros(variable.shape, np.float32))
-            else:
-                variable.assign(keras.initializers.GlorotUniform(seed=seed)(variable.shape))
+        self.columns = columns
+        active, inactive = columns
+        full = (len(active) + len(inactive), self.units)
+        self.set_weights([
+            np.asarray(keras.initializers.GlorotUniform(seed=config.seed)(full)),
+            np.zeros(self.units, np.float32),
+            np.asarray(keras.initializers.GlorotUniform(seed=config.seed + 2)(
+                (self.units, N_CLASSES))),
+            np.zeros(N_CLASSES, np.float32)])
         for slot in (*self.m, *self.v):
             slot.assign(np.zeros(slot.shape, np.float32))
         self.step.assign(0.0)
@@ -126,15 +147,24 @@ class Trainer:
         tf = tensorflow()
         self._train_epoch(tf.constant(order, tf.int32), x, y, tf.constant(batch_size, tf.int32))
 
-    def evaluate(self, x, y) -> tuple[float, float]:
-        loss, accuracy = self._evaluate(x, y)
+    def evaluate(self, x, x_frozen, y) -> tuple[float, float]:
+        loss, accuracy = self._evaluate(x, x_frozen, y)
         return float(loss), float(accuracy)
 
     def get_weights(self) -> list[np.ndarray]:
-        return [variable.numpy() for variable in self.weights]
+        """The network's weights in Keras' layout (first layer: every input column)."""
+        active, inactive = self.columns
+        trained = [variable.numpy() for variable in self.weights]
+        w1 = np.empty((len(active) + len(inactive), self.units), np.float32)
+        w1[active], w1[inactive] = trained[0], self.frozen.numpy()
+        return [w1, *trained[1:]]
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
-        for variable, value in zip(self.weights, weights, strict=True):
+        """Weights in Keras' layout (as :meth:`get_weights` gives them)."""
+        active, inactive = self.columns
+        w1, *rest = weights
+        self.frozen.assign(np.asarray(w1, np.float32)[inactive])
+        for variable, value in zip(self.weights, [np.asarray(w1)[active], *rest], strict=True):
             variable.assign(value)
 
 
@@ -146,20 +176,20 @@ _IDLE: OrderedDict[tuple, list[Trainer]] = OrderedDict()  # least recently used 
 _TENSORS: dict[int, tuple[weakref.ref, Any]] = {}
 
 
-def _checkout(units: int, activation: str, input_dim: int) -> Trainer:
+def _checkout(units: int, activation: str, active: int, inactive: int) -> Trainer:
     """An idle trainer for this shape (a new one if none is idle: trials on other threads
     never share one)."""
-    key = (units, activation, input_dim)
+    key = (units, activation, active, inactive)
     with _LOCK:
         idle = _IDLE.get(key)
         if idle:
             _IDLE.move_to_end(key)
             return idle.pop()
-    return Trainer(units, activation, input_dim)
+    return Trainer(*key)
 
 
 def _checkin(trainer: Trainer) -> None:
-    key = (trainer.units, trainer.activation, trainer.input_dim)
+    key = trainer.shape_key
     with _LOCK:
         _IDLE.setdefault(key, []).append(trainer)
         _IDLE.move_to_end(key)
@@ -176,31 +206,62 @@ def clear_trainers() -> None:
         _IDLE.clear()
 
 
-def as_tensor(array: np.ndarray):
-    """One TensorFlow copy of a split per process, dropped with the array."""
-    tf = tensorflow()
+def _cached(array: np.ndarray, part: str, make: Callable[[], Any]) -> Any:
+    """``make()`` once per process per (array, part), dropped with the array."""
+    key = (id(array), part)
     with _LOCK:
-        hit = _TENSORS.get(id(array))
+        hit = _TENSORS.get(key)
         if hit is not None and hit[0]() is array:
             return hit[1]
-    tensor = tf.constant(array)
+    value = make()
     with _LOCK:
-        _TENSORS[id(array)] = (weakref.ref(array), tensor)
-        weakref.finalize(array, _TENSORS.pop, id(array), None)
-    return tensor
+        _TENSORS[key] = (weakref.ref(array), value)
+        weakref.finalize(array, _TENSORS.pop, key, None)
+    return value
+
+
+def as_tensor(array: np.ndarray, columns: np.ndarray | None = None, part: str = "all"):
+    """One TensorFlow copy of a split (or of its ``columns``) per process."""
+    tf = tensorflow()
+    return _cached(array, part, lambda: tf.constant(
+        array if columns is None else np.ascontiguousarray(array[:, columns])))
+
+
+def input_columns(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(trained, frozen) input columns: frozen ones are zero in every training image."""
+    def split():
+        used = np.any(x_train != 0, axis=0)
+        return np.flatnonzero(used), np.flatnonzero(~used)
+    return _cached(x_train, "columns", split)
+
+
+def split_tensors(splits: Splits) -> dict[str, tuple[Any, Any, Any]]:
+    """Per split: (trained columns, frozen columns, labels) as tensors; the training split's
+    frozen columns are all zero, so none are passed."""
+    active, inactive = input_columns(splits.x_train)
+    none = inactive[:0]
+    return {
+        name: (as_tensor(x, active, "trained"),
+               as_tensor(x, none if name == "train" else inactive,
+                         "none" if name == "train" else "frozen"),
+               as_tensor(y))
+        for name, x, y in (("train", splits.x_train, splits.y_train),
+                           ("val", splits.x_val, splits.y_val),
+                           ("test", splits.x_test, splits.y_test))}
 
 
 # --------------------------------------------------------------------------------------------
 # One trial
 # --------------------------------------------------------------------------------------------
 def train(config: TrialConfig, splits: Splits,
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[dict[str, float]], bool | None] | None = None) -> dict[str, Any]:
     """Train one trial; see :func:`tasks.engine.train_model` for what comes back."""
-    trainer = _checkout(config.units, config.activation, splits.x_train.shape[1])
+    columns = input_columns(splits.x_train)
+    trainer = _checkout(config.units, config.activation, *map(len, columns))
     try:
-        trainer.reset(config)
-        x_train, y_train = as_tensor(splits.x_train), as_tensor(splits.y_train)
-        x_val, y_val = as_tensor(splits.x_val), as_tensor(splits.y_val)
+        trainer.reset(config, columns)
+        tensors = split_tensors(splits)
+        x_train, _, y_train = tensors["train"]
         rng = np.random.default_rng(config.seed)
         n = len(splits.x_train)
         best = BestWeights(enabled=config.checkpoint)
@@ -208,18 +269,19 @@ def train(config: TrialConfig, splits: Splits,
         for epoch in range(1, config.epochs + 1):
             trainer.train_epoch(rng.permutation(n).astype(np.int32), x_train, y_train,
                                 config.batch_size)
-            train = trainer.evaluate(x_train, y_train) if config.epoch_metrics else NOT_COMPUTED
-            row = history_row(epoch, *train, *trainer.evaluate(x_val, y_val))
+            train = (trainer.evaluate(*tensors["train"]) if config.epoch_metrics
+                     else NOT_COMPUTED)
+            row = history_row(epoch, *train, *trainer.evaluate(*tensors["val"]))
             history.append(row)
             best.update(trainer.get_weights, epoch, row["val_accuracy"])
-            if on_epoch:
-                on_epoch(row)
-        best_epoch = best.epoch if config.checkpoint else config.epochs
+            if on_epoch and on_epoch(row):
+                break  # stopped early (pruned): the epochs done are the history
+        best_epoch = best.epoch if config.checkpoint else len(history)
         if config.checkpoint:
             trainer.set_weights(best.weights)
         metrics = reported_metrics(
-            config, history, best_epoch, lambda: trainer.evaluate(x_train, y_train),
-            lambda: trainer.evaluate(as_tensor(splits.x_test), as_tensor(splits.y_test)))
+            config, history, best_epoch, lambda: trainer.evaluate(*tensors["train"]),
+            lambda: trainer.evaluate(*tensors["test"]))
         return {"history": history, "best_epoch": best_epoch,
                 "weights": trainer.get_weights(), "metrics": metrics}
     finally:

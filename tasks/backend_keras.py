@@ -17,7 +17,7 @@ from tasks.tf_runtime import tensorflow
 
 
 def train(config: TrialConfig, splits: Splits,
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[dict[str, float]], bool | None] | None = None) -> dict[str, Any]:
     """Train one trial; see :func:`tasks.engine.train_model` for what comes back."""
     tensorflow()
     import keras
@@ -48,12 +48,12 @@ def train(config: TrialConfig, splits: Splits,
             row = history_row(epoch + 1, *train, logs["val_loss"], logs["val_accuracy"])
             history.append(row)
             best.update(model.get_weights, epoch + 1, row["val_accuracy"])
-            if on_epoch:
-                on_epoch(row)
+            if on_epoch and on_epoch(row):
+                self.model.stop_training = True  # stopped early (pruned)
 
     model.fit(x_train, y_train, validation_data=(x_val, y_val), batch_size=config.batch_size,
               epochs=config.epochs, verbose=0, callbacks=[CalculateMetrics()])
-    best_epoch = best.epoch if config.checkpoint else config.epochs
+    best_epoch = best.epoch if config.checkpoint else len(history)
     if config.checkpoint:
         model.set_weights(best.weights)
     metrics = reported_metrics(

@@ -8,7 +8,9 @@ Both train the same network from the same seeded initial weights with Adam, hand
 last batch, and follow the trial's protocol: ``epoch_metrics`` recomputes the training
 metrics without dropout after every epoch (the exercise's ``CalculateMetrics``, its baseline
 only); ``checkpoint`` restores the best-validation-accuracy epoch's weights (its baseline
-only: its searches score the last epoch).
+only: its searches score the last epoch). An ``on_epoch`` callback sees each epoch's
+history row; when it returns True, training stops after that epoch (a pruned trial: its
+history has the epochs done, and the last of them is scored).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from tasks.config import TrialConfig
 from tasks.data import Splits
 
-EpochCallback = Callable[[dict[str, float]], None]
+EpochCallback = Callable[[dict[str, float]], bool | None]
 BACKEND_NAMES = ("compiled", "keras")
 
 

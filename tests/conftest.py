@@ -26,7 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_mnist(n_train: int = 600, n_test: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
     """A small, learnable MNIST look-alike: one random 28x28 prototype per class plus noise,
-    uint8 pixels, labels 0..9, in Keras' layout."""
+    uint8 pixels, labels 0..9, in Keras' layout. As in the real MNIST, some pixels are zero in
+    every training image (the top row here) but not in the test images."""
     rng = np.random.default_rng(seed)
     prototypes = rng.uniform(0, 255, size=(10, 28, 28))
 
@@ -36,6 +37,7 @@ def synthetic_mnist(n_train: int = 600, n_test: int = 300, seed: int = 0) -> dic
         return np.clip(x, 0, 255).astype(np.uint8), y
 
     x_train, y_train = make(n_train)
+    x_train[:, 0, :] = 0
     x_test, y_test = make(n_test)
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 

@@ -63,14 +63,24 @@ def test_search_protocol_scores_the_last_epoch_without_the_metrics_pass(splits, 
     assert all(np.isfinite(row["val_loss"]) for row in out.history)
 
 
-def test_compiled_step_is_keras_adam_on_the_keras_model(splits):
+@pytest.mark.parametrize("activation", ["relu", "elu", "sigmoid", "tanh"])
+def test_compiled_step_is_keras_adam_on_the_keras_model(splits, tmp_path, activation):
     # Full batches and no dropout: shuffling cannot matter, so the compiled backend and
     # Keras' own fit must follow the same trajectory from the same seeded initial weights
-    # (same loss, same Adam with Keras' defaults), to float precision.
-    config = TrialConfig(units=12, dropout=0.0, activation="tanh", batch_size=512, epochs=3,
+    # (same loss, same Adam with Keras' defaults), to float precision. The compiled backend
+    # leaves the pixels that are zero in every training image (the top row) out of its
+    # steps; validation and test images have ink there, so their losses check that those
+    # weights are the full network's.
+    config = TrialConfig(units=12, dropout=0.0, activation=activation, batch_size=512, epochs=3,
                          learning_rate=1e-2, epoch_metrics=True, checkpoint=False)
-    compiled = train_model(config, splits, backend="compiled")
-    keras = train_model(config, splits, backend="keras")
+    compiled = train_model(config, splits, backend="compiled",
+                           weights_path=tmp_path / "c.weights.npz")
+    keras = train_model(config, splits, backend="keras", weights_path=tmp_path / "k.weights.npz")
+    assert not splits.x_train[:, :28].any() and splits.x_val[:, :28].any()
+    w_compiled = np.load(tmp_path / "c.weights.npz")
+    w_keras = np.load(tmp_path / "k.weights.npz")
+    for name in w_keras.files:  # the same weights, the frozen rows included
+        assert np.allclose(w_compiled[name], w_keras[name], atol=1e-4), name
     for a, b in zip(compiled.history, keras.history, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -83,13 +93,14 @@ def test_trainers_are_reused_across_trials_of_one_shape(splits):
     backend_compiled.clear_trainers()
     first = TrialConfig(units=20, dropout=0.2, batch_size=64, epochs=1)
     train_model(first, splits)
-    (trainer,) = backend_compiled._IDLE[(20, "relu", 784)]
+    shape = (20, "relu", 784 - 28, 28)  # the top row is zero in every training image
+    (trainer,) = backend_compiled._IDLE[shape]
     traces = trainer._train_epoch.experimental_get_tracing_count()
     # another batch size, dropout, learning rate and seed: the same graph, no new trace
     other = first.model_copy(update={"batch_size": 32, "dropout": 0.0, "learning_rate": 0.1,
                                      "seed": 3})
     again = train_model(other, splits)
-    assert backend_compiled._IDLE[(20, "relu", 784)] == [trainer]
+    assert backend_compiled._IDLE[shape] == [trainer]
     assert trainer._train_epoch.experimental_get_tracing_count() == traces == 1
     # and reuse leaves no trace of the earlier trial: a fresh trainer gives the same result
     backend_compiled.clear_trainers()
@@ -107,7 +118,7 @@ def test_same_seed_same_result_other_seed_differs(splits):
 
 
 @pytest.mark.parametrize("activation", ["relu", "elu", "sigmoid", "tanh"])
-def test_both_backends_agree_on_a_tiny_problem(splits, activation):
+def test_both_backends_learn_a_tiny_problem(splits, activation):
     # 500 training images with batch 64: the last batch is partial (52 images).
     config = TrialConfig(units=24, dropout=0.2, activation=activation, batch_size=64,
                          epochs=3, learning_rate=3e-3)
@@ -117,8 +128,8 @@ def test_both_backends_agree_on_a_tiny_problem(splits, activation):
     for out in (compiled, keras):
         assert out.history[-1]["train_loss"] < out.history[0]["train_loss"]
         assert out.metrics["test_accuracy"] > 0.4
-    assert abs(compiled.metrics["test_accuracy"] - keras.metrics["test_accuracy"]) < 0.15
-    assert compiled.metrics["test_loss"] == pytest.approx(keras.metrics["test_loss"], rel=0.5)
+    # (their minibatch orders and dropout masks differ, and on 512 images that moves the
+    # accuracy by tens of points either way; the exact agreement is the full-batch test's)
 
 
 def test_model_is_the_exercise_network():
@@ -126,3 +137,20 @@ def test_model_is_the_exercise_network():
     assert [layer.__class__.__name__ for layer in model.layers] == [
         "Dense", "Dropout", "Dense", "Activation"]
     assert model.count_params() == 101_770  # as in the exercise's model.summary()
+
+
+@pytest.mark.parametrize("backend", ["compiled", "keras"])
+def test_an_epoch_callback_returning_true_stops_training_after_that_epoch(splits, backend):
+    # what a pruner does: the history holds the epochs done and the last of them is scored
+    config = TrialConfig(units=16, dropout=0.1, batch_size=64, epochs=5, epoch_metrics=False,
+                         checkpoint=False)
+    seen = []
+    out = train_model(config, splits, backend=backend,
+                      on_epoch=lambda row: seen.append(row["epoch"]) or row["epoch"] == 2)
+    assert seen == [1, 2] and [row["epoch"] for row in out.history] == [1, 2]
+    assert out.best_epoch == 2
+    assert out.metrics["val_accuracy"] == out.history[-1]["val_accuracy"]
+    full = train_model(config, splits, backend=backend)
+    if backend == "compiled":  # deterministic: the first two epochs are the full run's
+        assert [r["val_loss"] for r in full.history[:2]] == pytest.approx(
+            [r["val_loss"] for r in out.history], rel=1e-6)
