@@ -50,15 +50,22 @@ def check_inputs(kwargs: dict) -> None:
 
 def flow_main(flow, description: str, argv: list[str] | None = None,
               expand: tuple[str, ...] = (), make: dict | None = None,
-              check: Callable[[dict], None] | None = None):
+              check: Callable[[dict], None] | None = None,
+              help_texts: dict[str, str] | None = None,
+              files: dict[str, Callable] | None = None):
     """A flow's command line: options generated from its signature (:mod:`tasks.options`),
-    every input checked (``check``: the flow's own cross-field rules), then the flow run."""
+    every input checked (``check``: the flow's own cross-field rules), then the flow run.
+    ``files``: expanded models that can also be read from ``--NAME-file PATH`` by the
+    given reader."""
     from tasks.options import flow_arguments, flow_parser
 
-    parser = flow_parser(flow, description, expand)
+    files = files or {}
+    parser = flow_parser(flow, description, expand, help_texts=help_texts, files=tuple(files))
     args = parser.parse_args(argv)
     quiet_logs(args.verbose)
-    kwargs = flow_arguments(flow, args, expand, make)
+    base = {name: read(getattr(args, f"{name}_file")) for name, read in files.items()
+            if getattr(args, f"{name}_file", None)}
+    kwargs = flow_arguments(flow, args, expand, make, base)
     if check is not None:
         check(kwargs)
     check_inputs(kwargs)

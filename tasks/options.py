@@ -49,9 +49,17 @@ HELP: dict[str, str] = {
     "draw_seed": "seed of the random draw of configs (a larger --trials or pool extends the "
                  "smaller one)",
     "study": "run the best-of-N study instead of a plain search",
+    "sampler": "tpe: Optuna's TPE (model-based, constant liar for the trials running at "
+               "once); random: uniform draws, for comparison",
+    "pruner": "stop hopeless trials after an epoch: median (below the median of earlier "
+              "trials at that epoch) or hyperband; none: every trial trains all its epochs",
+    "sampler_seed": "seed of the sampler (a resumed study continues from its own state)",
+    "study_name": "the Optuna study: a tune with the same name resumes and extends it",
+    "storage": "Optuna storage URL (default: $PIPELINE_OPTUNA_STORAGE, else "
+               "sqlite:///<data dir>/optuna.db)",
 }
 #: Option names that differ from the parameter or field name.
-OPTION_NAMES = {"n_values": "n", "seed": "train-seed"}
+OPTION_NAMES = {"n_values": "n", "seed": "train-seed", "sampler_seed": "seed"}
 #: Parameters that are never options (set by the composing flow, not by a person).
 HIDDEN = {"return_state"}
 GROUPS = {"data": "data and output", "train_samples": "data and output",
@@ -94,6 +102,9 @@ def _argparse_kwargs(annotation: Any, default: Any, help_text: str,
     elif kind in (int, float, str):
         kwargs["type"] = kind
         kwargs["metavar"] = metavar
+    elif inspect.isclass(kind) and issubclass(kind, BaseModel) and hasattr(kind, "parse"):
+        kwargs["type"] = str  # a model written as one text (a Dimension: kind:arguments)
+        kwargs["metavar"] = "SPEC"
     else:  # pragma: no cover (a parameter type the command line cannot take)
         raise TypeError(f"no command-line option for a parameter of type {annotation!r}")
     shown = " ".join(map(str, default)) if isinstance(default, list) else default
@@ -124,9 +135,13 @@ def _model_parameters(flow) -> dict[str, tuple[type[BaseModel], bool, Any]]:
 
 
 def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
-                hide: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+                hide: tuple[str, ...] = (), help_texts: dict[str, str] | None = None,
+                files: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """An argparse parser for ``flow``: one option per plain parameter, one per field of the
-    model parameters named in ``expand``; ``hide`` leaves parameters off the command line."""
+    model parameters named in ``expand``; ``hide`` leaves parameters off the command line;
+    ``help_texts`` overrides :data:`HELP` for this flow; each name in ``files`` also gets
+    ``--NAME-file PATH`` (the model's fields from a file; options given with it win)."""
+    help_texts = HELP | (help_texts or {})
     parser = argparse.ArgumentParser(description=description)
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     models = _model_parameters(flow)
@@ -144,7 +159,12 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
         target = group(title)
         if optional:
             target.add_argument(_option(name), action="store_true", default=argparse.SUPPRESS,
-                                help=HELP[name])
+                                help=help_texts[name])
+        if name in files:
+            target.add_argument(f"{_option(name)}-file", dest=f"{name}_file", metavar="PATH",
+                                default=argparse.SUPPRESS,
+                                help=f"a TOML or JSON file of the {name}'s fields (those "
+                                     "below); options given beside it win")
         base = default if isinstance(default, BaseModel) else None
         for field_name, field in model.model_fields.items():
             if field_name in plain:  # the flow's own parameter of that name wins (epochs)
@@ -158,7 +178,8 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
     for name, parameter in inspect.signature(flow.fn).parameters.items():
         if name in models or name in HIDDEN or name in hide:
             continue
-        kwargs = _argparse_kwargs(hints[name], parameter.default, HELP[name], _metavar(name))
+        kwargs = _argparse_kwargs(hints[name], parameter.default, help_texts[name],
+                                  _metavar(name))
         group(GROUPS.get(name, "search")).add_argument(_option(name), dest=name, **kwargs)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Prefect's and TensorFlow's own logs")
@@ -171,15 +192,18 @@ def hints_of(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def flow_arguments(flow, args: argparse.Namespace, expand: tuple[str, ...] = (),
-                   make: dict[str, Callable[..., BaseModel]] | None = None) -> dict[str, Any]:
+                   make: dict[str, Callable[..., BaseModel]] | None = None,
+                   base: dict[str, BaseModel] | None = None) -> dict[str, Any]:
     """The flow's keyword arguments from parsed options: plain parameters as given, expanded
-    models rebuilt from their default with the given fields (validated by ``make[name]`` or
-    the model itself; a bad value becomes one UserError line)."""
+    models rebuilt from their default (or ``base[name]``, e.g. read from a file) with the
+    given fields (validated by ``make[name]`` or the model itself; a bad value becomes one
+    UserError line)."""
     given = vars(args)
     models = _model_parameters(flow)
     kwargs: dict[str, Any] = {}
     for name in expand:
         model, optional, default = models[name]
+        default = (base or {}).get(name, default)
         fields = {key.split(".", 1)[1]: value for key, value in given.items()
                   if key.startswith(f"{name}.")}
         if optional and not given.get(name) and default is None:

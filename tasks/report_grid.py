@@ -10,6 +10,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import figures_grid as plots
+from tasks.optuna_study import export_and_draw
 from tasks.report import (
     RunFolder,
     atomic_write_text,
@@ -58,10 +59,13 @@ def write_grid_report(
                     frame, out / name, row=row_axis, col=col_axis, value=value,
                     title=f"{value.replace('_', ' ')}: {row_axis} x {col_axis}")
             figures.append(name)
+        with run.step("Optuna study and figures"):
+            optuna_text = export_and_draw(run, "grid", results, space)
         with run.step("report.md"):
             summary = grid_summary(frame, best, counts, space, wall_seconds)
             atomic_write_text(out / "report.md",
-                              grid_markdown(summary, frame, table_text, figures))
+                              grid_markdown(summary, frame, table_text, figures) + "\n"
+                              + optuna_text)
     publish_artifacts("grid-results", table, summary, run.final,
                       f"Grid search: {space.describe()}")
     return run.final

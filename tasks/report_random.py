@@ -12,6 +12,7 @@ from prefect import task
 
 from tasks import figures_random as plots
 from tasks.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
+from tasks.optuna_study import export_and_draw
 from tasks.report import (
     HYPERPARAMETERS,
     RunFolder,
@@ -72,10 +73,13 @@ def write_random_report(
             with run.step("best-of-N figure"):
                 plots.plot_best_of_n(best_of_n, out / "best_of_n.png",
                                      reference=notebook_reference(space))
+        with run.step("Optuna study and figures"):
+            optuna_text = export_and_draw(run, "study" if plan else "random", results, space)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
             atomic_write_text(out / "report.md",
-                              random_markdown(summary, table_text, study_text, plan))
+                              random_markdown(summary, table_text, study_text, plan) + "\n"
+                              + optuna_text)
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")
     if best_of_n is not None and not best_of_n.empty:

@@ -6,6 +6,10 @@ what was trained, came from the cache or failed, let the strategy write its repo
 the run Failed when more trials failed than it tolerates. A strategy only says which configs
 to train and how to report them (:class:`Strategy`); the grid, the random search and the
 best-of-N study are strategies (``tasks/strategy_*.py``), each with a thin flow in ``flows/``.
+
+An *adaptive* strategy (the Optuna tune, :mod:`tasks.strategy_tpe`) has no list up front: it
+gives a ``proposer`` instead of ``configs``, asked for one config whenever a worker is free and
+told every result (:func:`tasks.training.run_adaptive`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import Protocol
 from tasks.config import SplitSpec, TrialConfig, with_epochs
 from tasks.console import say
 from tasks.search_space import SearchSpace
-from tasks.training import TrialResult, check_failures, count_sources, run_trials
+from tasks.training import (
+    TrialResult,
+    check_failures,
+    count_sources,
+    run_adaptive,
+    run_trials,
+)
 
 
 class Strategy(Protocol):
@@ -65,13 +75,21 @@ def run_search(
     started = time.perf_counter()
     strategy = strategy.with_space(with_epochs(strategy.space, epochs))
     handle = prepare_data_task(data, SplitSpec(train_samples=train_samples), data_dir)
-    configs = strategy.configs()
-    say(strategy.announce(configs))
-    results = run_trials(configs, handle, runner, workers, dask_address, backend, data_dir,
-                         progress_key=f"{strategy.name}-progress")
+    if hasattr(strategy, "proposer"):
+        proposer = strategy.proposer(handle, backend)
+        say(strategy.announce(proposer))
+        results = run_adaptive(proposer, handle, runner, workers, dask_address, backend,
+                               data_dir, progress_key=f"{strategy.name}-progress")
+        configs = [result.config for result in results]
+    else:
+        configs = strategy.configs()
+        say(strategy.announce(configs))
+        results = run_trials(configs, handle, runner, workers, dask_address, backend, data_dir,
+                             progress_key=f"{strategy.name}-progress")
     counts = count_sources(results)
-    say(f"{strategy.title} done: {counts['trained']} trained, {counts['cached']} from cache, "
-        f"{counts['failed']} failed")
+    pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""
+    say(f"{strategy.title} done: {counts['trained']} trained, {counts['cached']} from cache"
+        f"{pruned}, {counts['failed']} failed")
     folder = strategy.report(results, configs, reports_dir, time.perf_counter() - started)
     say(f"Report: {folder}")
     if max_failures is not None:

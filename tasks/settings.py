@@ -44,6 +44,11 @@ class Settings(BaseModel):
         None, json_schema_extra={"env": "PIPELINE_CONCURRENCY_TAG"},
         description="a Prefect tag on every training task, to cap trainings across runs "
                     "with `prefect concurrency-limit create TAG N` (off by default)")
+    optuna_storage: str | None = Field(
+        None, json_schema_extra={"env": "PIPELINE_OPTUNA_STORAGE"},
+        description="the Optuna storage every run is written to and tunes keep their "
+                    "studies in (any Optuna storage URL; unset: "
+                    "`sqlite:///<data dir>/optuna.db`); --storage overrides it for a tune")
     tf_logs: bool = Field(
         False, json_schema_extra={"env": "PIPELINE_TF_LOGS"},
         description="1: show TensorFlow's own logs (what -v/--verbose sets)")
@@ -55,7 +60,7 @@ class Settings(BaseModel):
             value = json.loads(value) if value.strip() else []
         return value
 
-    @field_validator("concurrency_tag", mode="before")
+    @field_validator("concurrency_tag", "optuna_storage", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value.strip() or None if isinstance(value, str) else value

@@ -13,7 +13,7 @@ import os
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.config import TrialConfig, trial_key
 from tasks.console import say
 from tasks.data import DataHandle, default_data_dir, load_splits
+from tasks.pruning import TrialLink, epoch_reporter, linked_trial, read_record, write_record
 from tasks.settings import current
 
 
@@ -39,7 +40,9 @@ class TrialResult(BaseModel):
     config: TrialConfig
     data_fingerprint: str
     backend: str = "compiled"
-    status: Literal["completed", "failed"] = "completed"
+    #: pruned: stopped early by a pruner; its history holds the epochs done, its metrics are
+    #: the last epoch's validation ones. Never cached as the trial's result (see train_trial).
+    status: Literal["completed", "failed", "pruned"] = "completed"
     error: str | None = None
     train_loss: float | None = None
     train_accuracy: float | None = None
@@ -153,18 +156,32 @@ def train_trial(
     backend: str = "compiled",
     data_dir: str | None = None,
     attempt: int = 1,
+    link: TrialLink | None = None,
 ) -> TrialResult:
-    """Train one trial and return its small result (plain function, tested directly)."""
+    """Train one trial and return its small result (plain function, tested directly).
+    ``link``: report each epoch's validation accuracy to that Optuna trial, whose pruner may
+    stop it (the result is then ``pruned``; see :mod:`tasks.pruning`)."""
     from tasks.engine import train_model
 
     maybe_inject_fault(config, attempt)
     key = trial_key(config, data.fingerprint, backend)
+    final_path = weights_path_for(key, data_dir)
+    if link is not None and link.pruner != "none":
+        return train_prunable(config, data, backend, key, final_path, link, attempt)
+    on_epoch = None if link is None else epoch_reporter(link, config.epochs)
     outcome = train_model(
         config,
         load_splits(data),
         backend=backend,
-        weights_path=weights_path_for(key, data_dir),
+        weights_path=final_path,
+        on_epoch=on_epoch,
     )
+    return result_of(config, data, backend, key, outcome, attempt)
+
+
+def result_of(config: TrialConfig, data: DataHandle, backend: str, key: str, outcome,
+              attempt: int = 1) -> TrialResult:
+    """The TrialResult of an engine outcome."""
     return TrialResult(
         trial_key=key,
         config=config,
@@ -178,6 +195,49 @@ def train_trial(
         attempts=attempt,
         **outcome.metrics,
     )
+
+
+def pruned_result(config: TrialConfig, data: DataHandle, backend: str, key: str,
+                  history: list[dict[str, float]], seconds: float | None,
+                  attempt: int = 1) -> TrialResult:
+    """A pruned trial: its epochs, and the last one's validation metrics (no weights, no
+    test score: it is not a finished network)."""
+    last = history[-1]
+    return TrialResult(
+        trial_key=key, config=config, data_fingerprint=data.fingerprint, backend=backend,
+        status="pruned", error=f"pruned after epoch {len(history)} of {config.epochs}",
+        val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
+        best_epoch=len(history), train_seconds=seconds, history=history, attempts=attempt)
+
+
+def train_prunable(config: TrialConfig, data: DataHandle, backend: str, key: str,
+                   final_path: Path, link: TrialLink, attempt: int = 1) -> TrialResult:
+    """Train under the linked trial's pruner (module doc): a complete trial's weights end at
+    ``final_path`` as any trial's; a pruned one leaves only its record."""
+    from tasks.engine import train_model
+    from tasks.model import WEIGHTS_SUFFIX
+
+    folder = final_path.parent
+    trial = linked_trial(link, config.epochs)
+    known = 0
+    record = read_record(folder)
+    for row in (record or {}).get("history", [])[:config.epochs - 1]:
+        known = int(row["epoch"])
+        trial.report(float(row["val_accuracy"]), known)
+        if trial.should_prune():
+            return pruned_result(config, data, backend, key, record["history"][:known], 0.0,
+                                 attempt)
+    scratch = final_path.with_name("prunable" + WEIGHTS_SUFFIX)
+    outcome = train_model(config, load_splits(data), backend=backend, weights_path=scratch,
+                          on_epoch=epoch_reporter(link, config.epochs, known, trial))
+    if len(outcome.history) == config.epochs:  # not pruned: an ordinary finished trial
+        os.replace(scratch, final_path)
+        outcome.weights_path = str(final_path)
+        return result_of(config, data, backend, key, outcome, attempt)
+    scratch.unlink(missing_ok=True)
+    write_record(folder, outcome.history, outcome.seconds)
+    return pruned_result(config, data, backend, key, outcome.history,
+                         round(outcome.seconds, 3), attempt)
 
 
 @task(
@@ -197,11 +257,21 @@ def train_trial_task(
     data: DataHandle,
     backend: str = "compiled",
     data_dir: str | None = None,
+    link: TrialLink | None = None,
 ) -> TrialResult:
-    """Train one network (cached on the trial key; retried with backoff)."""
+    """Train one network (cached on the trial key; retried with backoff). ``link`` (not part
+    of the key): the Optuna trial it reports to; a pruned result is never cached."""
     from prefect.runtime import task_run
+    from prefect.transactions import get_transaction
 
-    return train_trial(config, data, backend, data_dir, attempt=task_run.run_count or 1)
+    result = train_trial(config, data, backend, data_dir, attempt=task_run.run_count or 1,
+                         link=link)
+    if result.status == "pruned":
+        # not the trial's result: a later request for this config must train it fully
+        transaction = get_transaction()
+        if transaction is not None:
+            transaction.write_on_commit = False
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,6 +312,10 @@ def progress_line(result: TrialResult, done: int, total: int) -> str:
     head = f"[{done:>{width}}/{total}] {result.config.label()}"
     if result.status == "failed":
         return f"{head} -> FAILED: {result.error}"
+    if result.status == "pruned":
+        source = "cached" if result.cached else f"trained {result.train_seconds:.1f}s"
+        return (f"{head} -> pruned after epoch {len(result.history)}, val "
+                f"{result.val_accuracy:.4f} ({source})")
     source = "cached" if result.cached else f"trained in {result.train_seconds:.1f}s"
     return (
         f"{head} -> val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} ({source})"
@@ -280,7 +354,6 @@ def run_trials(
 
     from tasks.runners import choose_runner, make_task_runner
 
-    logger = get_run_logger()
     distinct = unique_configs(configs)
     total = len(distinct)
     # the runner is chosen for what is left to train: a rerun from the cache needs no pool
@@ -296,11 +369,7 @@ def run_trials(
         0.0, key=progress_key, description=f"{total} trials finished, in percent"
     )
     by_config: dict[str, TrialResult] = {}
-    tags = concurrency_tags()
-    options: dict[str, Any] = {"tags": tags} if tags else {}
-    if refresh:
-        options["refresh_cache"] = True
-    trial_task = train_trial_task.with_options(**options) if options else train_trial_task
+    trial_task = configured_task(refresh)
     # the costliest first, so that no worker idles at the end while one trains a big network
     schedule = sorted(distinct, key=lambda c: -c.training_cost(data.train_size))
     with task_runner as pool:
@@ -318,22 +387,123 @@ def run_trials(
         }
         for done, future in enumerate(as_completed(list(futures)), start=1):
             config = futures[future]
-            future.wait()  # records the final state on the future
-            state = future.state
-            if state.is_completed():
-                result = future.result()
-                result = result.model_copy(update={"cached": state.name == "Cached"})
-            else:
-                error = future.result(raise_on_failure=False)
-                if not isinstance(error, BaseException):
-                    error = state.message or "failed"
-                result = failed_result(config, data, backend, error)
-                logger.debug("trial failed: %s", "".join(traceback.format_exception(error))
-                             if isinstance(error, BaseException) else error)
+            result = collect(future, config, data, backend)
             by_config[config.canonical_json()] = result
             say(progress_line(result, done, total))
             update_progress_artifact(progress_id, 100.0 * done / total)
     return [by_config[config.canonical_json()] for config in configs]
+
+
+def configured_task(refresh: bool = False):
+    """``train_trial_task`` with this run's options (concurrency tag, refresh)."""
+    tags = concurrency_tags()
+    options: dict[str, Any] = {"tags": tags} if tags else {}
+    if refresh:
+        options["refresh_cache"] = True
+    return train_trial_task.with_options(**options) if options else train_trial_task
+
+
+def collect(future, config: TrialConfig, data: DataHandle, backend: str) -> TrialResult:
+    """The TrialResult of a finished trial future: its result (``cached`` when it came from
+    the cache), or a failed result naming the error."""
+    future.wait()  # records the final state on the future
+    state = future.state
+    if state.is_completed():
+        result = future.result()
+        return result.model_copy(update={"cached": state.name == "Cached"})
+    error = future.result(raise_on_failure=False)
+    if not isinstance(error, BaseException):
+        error = state.message or "failed"
+    get_run_logger().debug("trial failed: %s", "".join(traceback.format_exception(error))
+                           if isinstance(error, BaseException) else error)
+    return failed_result(config, data, backend, error)
+
+
+class Proposer(Protocol):
+    """An adaptive search's side of :func:`run_adaptive`: configs one at a time, each told
+    its result before the next is asked when workers are busy."""
+
+    def remaining(self) -> int:
+        """Trials this run still has to finish (for progress lines)."""
+
+    def ask(self) -> tuple[TrialConfig, TrialLink | None] | None:
+        """The next config and the Optuna trial it reports to; None: no more."""
+
+    def tell(self, config: TrialConfig, link: TrialLink | None, result: TrialResult) -> None:
+        """A finished trial's result (completed, pruned or failed)."""
+
+
+def run_adaptive(
+    proposer: Proposer,
+    data: DataHandle,
+    runner: str = "auto",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    backend: str = "compiled",
+    data_dir: str | None = None,
+    progress_key: str | None = None,
+) -> list[TrialResult]:
+    """Keep up to ``workers`` cached, retried ``train_trial_task`` runs going, each with a
+    config the proposer asks for once a worker is free, and tell it each result: the same
+    trial unit, cache and runners as :func:`run_trials`, for a search that learns as it goes.
+    A config already finished or in flight in this run is not submitted again: it gets that
+    trial's result. Returns the results in the order they finished."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    from tasks.runners import choose_runner, make_task_runner
+
+    total = proposer.remaining()
+    # an adaptive search's configs are unknown in advance: size the runner by its budget
+    cores_work = total * 10 * data.train_size
+    kind, workers = choose_runner(runner, workers, total, cores_work)
+    say(f"{total} trials to finish: {kind} x {workers}"
+        + (" (chosen by --runner auto)" if runner == "auto" else ""))
+    progress_id = create_progress_artifact(
+        0.0, key=progress_key, description=f"{total} trials finished, in percent")
+    trial_task = configured_task()
+    finished: dict[str, TrialResult] = {}
+    in_flight: dict[Any, tuple[TrialConfig, TrialLink | None]] = {}
+    waiting: dict[str, list[TrialLink | None]] = {}  # repeats of a config in flight
+    results: list[TrialResult] = []
+
+    def finish(config: TrialConfig, link: TrialLink | None, result: TrialResult) -> None:
+        proposer.tell(config, link, result)
+        results.append(result)
+        say(progress_line(result, len(results), total))
+        update_progress_artifact(progress_id, 100.0 * len(results) / max(total, 1))
+
+    with make_task_runner(kind, workers, dask_address) as pool:
+        def fill() -> None:
+            while len(in_flight) < workers:
+                asked = proposer.ask()
+                if asked is None:
+                    return
+                config, link = asked
+                name = config.canonical_json()
+                if name in finished and finished[name].status == "completed":
+                    finish(config, link, finished[name].model_copy(update={"cached": True}))
+                elif name in waiting:
+                    waiting[name].append(link)
+                else:
+                    waiting[name] = []
+                    future = pool.submit(trial_task, parameters={
+                        "config": config, "data": data, "backend": backend,
+                        "data_dir": data_dir, "link": link})
+                    in_flight[future] = (config, link)
+
+        fill()
+        while in_flight:
+            future = next(as_completed(list(in_flight)))
+            config, link = in_flight.pop(future)
+            result = collect(future, config, data, backend)
+            name = config.canonical_json()
+            finished[name] = result
+            finish(config, link, result)
+            for other in waiting.pop(name, []):
+                finish(config, other, result.model_copy(update={"cached": True}))
+            fill()
+    return results
 
 
 def check_failures(results: Sequence[TrialResult], report: str, tolerated: int = 0) -> None:
@@ -349,11 +519,13 @@ def check_failures(results: Sequence[TrialResult], report: str, tolerated: int =
 
 
 def count_sources(results: Sequence[TrialResult]) -> dict[str, int]:
-    """How many distinct trials were trained now, came from the cache, or failed."""
+    """How many distinct trials were trained now, came from the cache, were pruned, or
+    failed."""
     distinct = {r.trial_key: r for r in results}.values()
     return {
         "trials": len(distinct),
         "trained": sum(1 for r in distinct if r.status == "completed" and not r.cached),
         "cached": sum(1 for r in distinct if r.status == "completed" and r.cached),
+        "pruned": sum(1 for r in distinct if r.status == "pruned"),
         "failed": sum(1 for r in distinct if r.status == "failed"),
     }

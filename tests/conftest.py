@@ -17,6 +17,7 @@ os.environ["PIPELINE_REPORTS_DIR"] = str(_HOME / "reports")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PIPELINE_FAULTS", None)
+os.environ.pop("PIPELINE_OPTUNA_STORAGE", None)  # Optuna studies go under PIPELINE_DATA_DIR
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

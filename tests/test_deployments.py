@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "local-process"  # the work pool named in prefect.yaml
 GRID = "grid-search/mnist"
 DEPLOYMENTS = {"baseline/mnist", "grid-search/mnist", "random-search/mnist",
-               "random-search/best-of-n", "exercise/mnist"}
+               "random-search/best-of-n", "exercise/mnist", "tune/mnist"}
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,248 @@
+"""The Optuna search: spaces with distributions and rounding, ask/tell on the cached trial,
+pruned trials, resume, and every run exported to one Optuna storage."""
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from flows.grid import grid_search
+from flows.tune import main as tune_main
+from flows.tune import tune
+from tasks.config import SplitSpec, TrialConfig
+from tasks.errors import UserError
+from tasks.optuna_study import storage_url
+from tasks.search_space import make_space
+from tasks.tune_space import Dimension, make_tune_space, read_space_file
+
+TINY = {"units": "choice:20", "dropout": "choice:0,0.1", "activation": "choice:relu",
+        "learning_rate": "choice:0.001", "batch_size": "choice:100", "epochs": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Spaces and rounding (no training)
+# --------------------------------------------------------------------------------------------
+def test_continuous_values_are_rounded_to_their_declared_precision():
+    space = make_tune_space(learning_rate="log_uniform:1e-5:1e-1:2", dropout="uniform:0:0.6",
+                            units="int_log:8:512", batch_size="choice:16,32")
+    near = [{"learning_rate": 0.0012345, "dropout": 0.2049, "units": 100, "batch_size": 32,
+             "activation": "relu"},
+            {"learning_rate": 0.0011501, "dropout": 0.1951, "units": 100, "batch_size": 32,
+             "activation": "relu"}]
+    a, b = (space.config(p) for p in near)
+    assert a.learning_rate == 0.0012 and a.dropout == 0.2
+    assert a == b and a.canonical_json() == b.canonical_json()  # one cache entry
+    assert space.config({**near[0], "learning_rate": 0.00125}).learning_rate == 0.0013
+    three = make_tune_space(learning_rate="log_uniform:1e-5:1e-1:3")
+    assert three.learning_rate.round(0.0012345) == 0.00123
+    # the distributions Optuna samples: log scale for the rate and the units, the dropout
+    # on its rounding grid
+    dist = space.distributions()
+    assert dist["learning_rate"].log and dist["units"].log and dist["dropout"].step == 0.01
+    assert (dist["units"].low, dist["units"].high) == (8, 512)
+
+
+def test_the_default_space_is_the_notebooks_and_bad_dimensions_name_what_is_allowed(tmp_path):
+    from tasks.search_space import DEFAULT_RANDOM_SPACE
+    from tasks.tune_space import DEFAULT_TUNE_SPACE
+
+    for name, dim in DEFAULT_TUNE_SPACE.dimensions().items():
+        assert dim.kind == "choice" and dim.choices == getattr(DEFAULT_RANDOM_SPACE, name)
+    assert str(Dimension.parse("log_uniform:1e-5:0.1")) == "log_uniform:1e-05:0.1:2"
+    for bad, words in (("units=int_log:0:512", "LOW > 0"), ("dropout=uniform:0:1.5", "dropout"),
+                       ("units=gauss:1:2", "one of choice, uniform"),
+                       ("activation=choice:relu,swish", "'relu', 'elu'"),
+                       ("learning_rate=uniform:0.1:0.01", "LOW must be below HIGH")):
+        name, text = bad.split("=")
+        with pytest.raises(UserError, match=words.replace("(", r"\(")):
+            make_tune_space(**{name: text})
+    path = tmp_path / "space.toml"
+    path.write_text('learning_rate = "log_uniform:1e-4:1e-2:3"\nunits = [32, 64]\n')
+    space = read_space_file(path)
+    assert space.learning_rate.kind == "log_uniform" and space.units.choices == [32, 64]
+    assert space.dropout == DEFAULT_TUNE_SPACE.dropout  # left out: the default
+    path.write_text("units = [32,")
+    with pytest.raises(UserError, match="space.toml: not valid TOML"):
+        read_space_file(path)
+
+
+def test_the_command_line_reads_a_space_file_and_options_beside_it_win(tmp_path, monkeypatch):
+    seen = {}
+
+    class Recorder:  # the flow's signature, without running it
+        fn = staticmethod(tune.fn)
+
+        def __call__(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr("flows.tune.tune", Recorder())
+    path = tmp_path / "space.toml"
+    path.write_text('learning_rate = "log_uniform:1e-4:1e-2"\nunits = "int_log:8:64"\n')
+    monkeypatch.setattr("tasks.cli.check_inputs", lambda kwargs: None)
+    tune_main(["--space-file", str(path), "--units", "choice:16,32", "--trials", "7",
+               "--seed", "3", "--pruner", "median"])
+    space = seen["space"]
+    assert space.learning_rate.kind == "log_uniform" and space.units.choices == [16, 32]
+    assert (seen["trials"], seen["sampler_seed"], seen["pruner"]) == (7, 3, "median")
+
+
+# --------------------------------------------------------------------------------------------
+# Flows (temporary Prefect API, synthetic data)
+# --------------------------------------------------------------------------------------------
+pytestmark_flows = pytest.mark.usefixtures("prefect_harness")
+
+
+def tiny_tune(mnist_file, tmp_path, study, trials, **space):
+    return Path(tune(space=make_tune_space(**{**TINY, **space}), trials=trials,
+                     study_name=study, data=str(mnist_file), runner="threads",
+                     reports_dir=str(tmp_path / "reports")))
+
+
+def load(study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=storage_url())
+
+
+@pytestmark_flows
+def test_a_config_the_grid_trained_is_not_trained_again_by_a_tune(mnist_file, tmp_path,
+                                                                     capsys):
+    grid = Path(grid_search(space=make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100],
+                                             epochs=1),
+                            data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+    grid_val = pd.read_parquet(grid / "trials.parquet").set_index("dropout")["val_accuracy"]
+    capsys.readouterr()
+    # the space holds the grid's 2 configs; the third trial repeats one of them
+    folder = tiny_tune(mnist_file, tmp_path, "after-grid", trials=3)
+    out = capsys.readouterr().out
+    assert "Tune done: 0 trained, 2 from cache, 0 failed" in out
+    trials = load("after-grid").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for trial in trials:  # the grid's own numbers, and its epochs as intermediate values
+        assert trial.value == pytest.approx(grid_val[trial.params["dropout"]])
+        assert trial.intermediate_values == {1: pytest.approx(trial.value)}
+        assert trial.user_attrs["cached"] is True
+    frame = pd.read_parquet(folder / "trials.parquet")
+    assert len(frame) == 3 and set(frame["status"]) == {"completed"}
+    assert "optuna-dashboard sqlite:///" in (folder / "report.md").read_text()
+
+
+@pytestmark_flows
+def test_a_tune_resumes_and_a_larger_budget_trains_only_the_new_trials(mnist_file, tmp_path,
+                                                                          capsys):
+    space = {"units": "int_log:8:64", "dropout": "uniform:0:0.5:1", "activation":
+             "choice:relu,tanh"}
+    tiny_tune(mnist_file, tmp_path, "grow", trials=3, **space)
+    first = {t.number: t.params for t in load("grow").get_trials()}
+    assert len(first) == 3
+    capsys.readouterr()
+    tiny_tune(mnist_file, tmp_path, "grow", trials=5, **space)
+    out = capsys.readouterr().out
+    assert "3 finished trials in the study, 2 more to reach 5" in out
+    trials = load("grow").get_trials()
+    assert len(trials) == 5 and {t.number: t.params for t in trials[:3]} == first
+    # a rerun with the budget reached trains nothing
+    capsys.readouterr()
+    tiny_tune(mnist_file, tmp_path, "grow", trials=5, **space)
+    assert "5 finished trials in the study, 0 more to reach 5" in capsys.readouterr().out
+    # another space under the same name is refused: its values would not compare
+    with pytest.raises(UserError, match="another space"):
+        tiny_tune(mnist_file, tmp_path, "grow", trials=6, units="choice:8")
+
+
+@pytestmark_flows
+def test_trials_a_killed_tune_left_running_are_asked_again_first(mnist_file, tmp_path):
+    from tasks.data import prepare_data
+    from tasks.strategy_tpe import TuneSearch
+
+    handle, _ = prepare_data(mnist_file, SplitSpec())
+    search = TuneSearch(make_tune_space(**{**TINY, "units": "int_log:8:64"}), trials=4,
+                        study_name="killed")
+    first = search.proposer(handle, "compiled")
+    config, link = first.ask()  # ... and the process dies: the trial stays RUNNING
+    assert load("killed").get_trials()[0].state == optuna.trial.TrialState.RUNNING
+    again = search.proposer(handle, "compiled")
+    assert load("killed").get_trials()[0].state == optuna.trial.TrialState.FAIL
+    assert again.ask()[0] == config and again.remaining() == 4
+
+
+@pytestmark_flows
+def test_a_pruned_trial_is_kept_as_pruned_and_never_taken_for_a_complete_one(
+        mnist_file, tmp_path, monkeypatch, capsys):
+    # a pruner that stops every trial after its second epoch
+    monkeypatch.setattr("tasks.pruning.make_pruner", lambda name, epochs:
+                        optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=1))
+    folder = tiny_tune(mnist_file, tmp_path, "pruned", trials=2, pruner="median", epochs=3)
+    out = capsys.readouterr().out
+    assert out.count("pruned after epoch 2") == 2
+    trials = load("pruned").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)
+    frame = pd.read_parquet(folder / "trials.parquet")
+    assert list(frame["status"]) == ["pruned", "pruned"] and frame["test_accuracy"].isna().all()
+    records = list(Path(storage_url()[len("sqlite:///"):]).parent.glob("trials/*/pruned.json"))
+    assert len(records) == 2
+    assert not list(records[0].parent.glob("*.weights.npz"))  # no weights for a pruned trial
+    # a later pruned tune of the same configs replays the record: pruned, nothing trained
+    capsys.readouterr()
+    tiny_tune(mnist_file, tmp_path, "pruned-again", trials=2, pruner="median", epochs=3)
+    out = capsys.readouterr().out
+    assert out.count("pruned after epoch 2") == 2 and "trained 0.0s" in out
+    # the grid asks for the same configs unpruned: they train fully, nothing from the cache
+    capsys.readouterr()
+    grid = Path(grid_search(space=make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100],
+                                             epochs=3),
+                            data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+    assert "2 trained, 0 from cache" in capsys.readouterr().out
+    full = pd.read_parquet(grid / "trials.parquet")
+    assert (full["best_epoch"] == 3).all() and full["test_accuracy"].notna().all()
+
+
+@pytestmark_flows
+def test_every_grid_and_random_run_is_an_optuna_study_with_its_figures(mnist_file, tmp_path):
+    folder = Path(grid_search(space=make_space(units=[12, 24], dropout=[0.0, 0.3],
+                                               batch_size=[100], epochs=1),
+                              data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+    frame = pd.read_parquet(folder / "trials.parquet")
+    study = load(folder.name)
+    assert study.user_attrs["kind"] == "grid"
+    trials = study.get_trials()
+    assert len(trials) == 4
+    by_key = frame.set_index("trial_key")
+    for trial in trials:
+        row = by_key.loc[trial.user_attrs["trial_key"]]
+        assert trial.params == {"dropout": row["dropout"], "units": row["units"],
+                                "activation": "relu", "learning_rate": 0.001,
+                                "batch_size": 100}
+        assert trial.value == pytest.approx(row["val_accuracy"])
+        assert trial.user_attrs["test_accuracy"] == pytest.approx(row["test_accuracy"])
+        assert trial.duration.total_seconds() == pytest.approx(row["train_seconds"], abs=0.01)
+    from tasks.optuna_study import varying
+
+    assert varying(study) == ["dropout", "units"]  # what the figures are drawn over
+    importance = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+        params=varying(study))
+    assert set(importance) == {"dropout", "units"}
+    report = (folder / "report.md").read_text()
+    assert "![parameter importance](param_importance.png)" in report
+    assert "![parallel coordinates](parallel_coordinates.png)" in report
+    for name in ("param_importance.png", "parallel_coordinates.png"):
+        assert (folder / name).stat().st_size > 10_000
+
+
+def test_the_pruned_status_is_not_a_completed_trial_anywhere():
+    from tasks.best_of_n import best_of_n_table
+    from tasks.report import trials_frame
+    from tasks.training import TrialResult
+
+    config = TrialConfig(units=8, epochs=10)
+    done = [TrialResult(trial_key=f"k{i}", config=config.model_copy(update={"seed": i}),
+                        data_fingerprint="f", val_accuracy=0.5 + i / 100,
+                        test_accuracy=0.5 + i / 100) for i in range(3)]
+    pruned = TrialResult(trial_key="p", config=config, data_fingerprint="f", status="pruned",
+                         val_accuracy=0.99, history=[{"epoch": 1, "val_accuracy": 0.99}])
+    from tasks.best_of_n import StudyPlan
+
+    table = best_of_n_table(StudyPlan(n_values=[2]), {(2, 0): ["k0", "k1", "k2", "p"]},
+                            trials_frame([*done, pruned]))
+    assert table.loc[0, "max_test_mean"] < 0.99  # the pruned trial's 0.99 is not in it
