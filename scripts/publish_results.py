@@ -2,7 +2,7 @@
 notebook's printed numbers (the material of docs/results.md).
 
     python scripts/publish_results.py --baseline reports/baseline-… --grid reports/grid-… \
-        --study reports/random-… [--repeats reports/random-…]
+        --study reports/random-… [--repeats reports/random-…] [--tune reports/tune-…]
 
 Each option names a run's report folder; what is given is copied and tabulated.
 """
@@ -65,7 +65,7 @@ def study_table(folder: Path, label: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("baseline", "grid", "study", "repeats"):
+    for name in ("baseline", "grid", "study", "repeats", "tune"):
         parser.add_argument(f"--{name}", type=Path, help=f"the {name} run's report folder")
     args = parser.parse_args()
     if args.baseline:
@@ -77,11 +77,16 @@ def main() -> None:
         print(grid_table(args.grid))
     if args.study:
         copy(args.study, {"best_of_n.png": "best_of_n_pool.png",
-                          "hyperparameters.png": "study_hyperparameters.png"})
+                          "hyperparameters.png": "study_hyperparameters.png",
+                          "param_importance.png": "study_param_importance.png",
+                          "parallel_coordinates.png": "study_parallel_coordinates.png"})
         print(study_table(args.study, "pool"))
     if args.repeats:
         copy(args.repeats, {"best_of_n.png": "best_of_n_repeats.png"})
         print(study_table(args.repeats, "repeats"))
+    if args.tune:
+        copy(args.tune, {"history.png": "tune_history.png", "slice.png": "tune_slice.png"})
+        print((args.tune / "report.md").read_text().split("## The search")[0])
 
 
 if __name__ == "__main__":

@@ -143,12 +143,15 @@ def draw_study_figures(study, folder: Path) -> list[str]:
         if len(params) >= 2:
             ax = ov.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(),
                                            params=params)
+            ax.set_title("", loc="left")  # Optuna's own, replaced by ours
             ax.set_title("Parameter importance for validation accuracy (PED-ANOVA)")
+            ax.figure.set_size_inches(8, 1.2 + 0.6 * len(params))
             figures.save(ax.figure, folder / "param_importance.png")
             lines.append("![parameter importance](param_importance.png)")
         ax = ov.plot_parallel_coordinate(study, params=params, target_name="val accuracy")
         ax.set_title("Parallel coordinates: every finished trial, coloured by validation "
-                     "accuracy", fontsize=10)
+                     "accuracy", y=1.03)
+        ax.figure.set_size_inches(4 + 2.2 * len(params), 6.5)
         figures.save(ax.figure, folder / "parallel_coordinates.png")
         lines.append("![parallel coordinates](parallel_coordinates.png)")
     return lines

@@ -37,14 +37,15 @@ class TrialLink(BaseModel):
 
 
 def make_pruner(name: str, epochs: int):
-    """Optuna's pruner ``name``: median (prune below the median of earlier trials at the same
-    epoch, after 5 trials) or hyperband (successive halving over 1..``epochs`` epochs)."""
+    """Optuna's pruner ``name``: median (from the second epoch on, prune a trial below the
+    median of the earlier trials at the same epoch, once 5 trials have finished) or hyperband
+    (successive halving over 1..``epochs`` epochs)."""
     import optuna
 
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
                                               reduction_factor=3)

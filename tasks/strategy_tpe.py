@@ -116,8 +116,8 @@ class TuneProposer:
         if result.status == "failed":
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        if result.cached and result.status == "completed":
-            # trained before (the cache): its epochs were never reported to this trial
+        if result.cached:
+            # trained before (the cache, or this run): its epochs were not reported here
             for row in result.history:
                 trial.report(float(row["val_accuracy"]), int(row["epoch"]))
         if result.status == "pruned":

@@ -63,7 +63,7 @@ class Dimension(BaseModel):
         if self.low is None or self.high is None:
             raise ValueError(f"{self.kind} needs LOW and HIGH")
         if not self.low < self.high:
-            raise ValueError(f"{self.kind}:{self.low:g}:{self.high:g}: LOW must be below HIGH")
+            raise ValueError(f"LOW must be below HIGH (got {self.low:g} and {self.high:g})")
         if self.kind in ("log_uniform", "int_log") and self.low <= 0:
             raise ValueError(f"{self.kind} needs LOW > 0 (got {self.low:g})")
         if self.kind.startswith("int") and (self.low != int(self.low)
@@ -76,21 +76,30 @@ class Dimension(BaseModel):
         """``kind:arguments`` (module doc) -> a Dimension; errors say what is allowed."""
         kind, _, rest = text.strip().partition(":")
         if kind not in KINDS:
-            raise ValueError(f"{text!r}: the kind must be one of {', '.join(KINDS)} "
+            raise ValueError(f"the kind must be one of {', '.join(KINDS)} "
                              "(e.g. log_uniform:1e-5:1e-1)")
         if kind == "choice":
-            values = [_scalar(v) for v in rest.split(",") if v.strip()]
-            return cls(kind="choice", choices=values)
+            return cls._checked(kind="choice",
+                                choices=[_scalar(v) for v in rest.split(",") if v.strip()])
         parts = rest.split(":")
         if len(parts) not in (2, 3) or (kind.startswith("int") and len(parts) != 2):
             form = f"{kind}:LOW:HIGH" + ("" if kind.startswith("int") else "[:DIGITS]")
-            raise ValueError(f"{text!r}: expected {form}")
+            raise ValueError(f"expected {form}")
         try:
             low, high = float(parts[0]), float(parts[1])
             digits = int(parts[2]) if len(parts) == 3 else None
         except ValueError:
-            raise ValueError(f"{text!r}: LOW, HIGH and DIGITS must be numbers") from None
-        return cls(kind=kind, low=low, high=high, digits=digits)
+            raise ValueError("LOW, HIGH and DIGITS must be numbers") from None
+        return cls._checked(kind=kind, low=low, high=high, digits=digits)
+
+    @classmethod
+    def _checked(cls, **fields) -> Dimension:
+        """The Dimension, or a ValueError with its first problem (for the outer field)."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(message) from None
 
     def __str__(self) -> str:
         if self.kind == "choice":

@@ -93,9 +93,9 @@ def test_the_command_line_reads_a_space_file_and_options_beside_it_win(tmp_path,
 pytestmark_flows = pytest.mark.usefixtures("prefect_harness")
 
 
-def tiny_tune(mnist_file, tmp_path, study, trials, **space):
+def tiny_tune(mnist_file, tmp_path, study, trials, pruner="none", **space):
     return Path(tune(space=make_tune_space(**{**TINY, **space}), trials=trials,
-                     study_name=study, data=str(mnist_file), runner="threads",
+                     pruner=pruner, study_name=study, data=str(mnist_file), runner="threads",
                      reports_dir=str(tmp_path / "reports")))
 
 
@@ -170,29 +170,38 @@ def test_a_pruned_trial_is_kept_as_pruned_and_never_taken_for_a_complete_one(
         mnist_file, tmp_path, monkeypatch, capsys):
     # a pruner that stops every trial after its second epoch
     monkeypatch.setattr("tasks.pruning.make_pruner", lambda name, epochs:
-                        optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=1))
-    folder = tiny_tune(mnist_file, tmp_path, "pruned", trials=2, pruner="median", epochs=3)
+                        optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2))
+    space = {"units": "choice:20,24", "epochs": 3}
+    folder = tiny_tune(mnist_file, tmp_path, "pruned", trials=3, pruner="median", **space)
     out = capsys.readouterr().out
-    assert out.count("pruned after epoch 2") == 2
+    assert out.count("pruned after epoch 2") == 3
     trials = load("pruned").get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 3
     assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)
+    configs = {(t.params["units"], t.params["dropout"]) for t in trials}
     frame = pd.read_parquet(folder / "trials.parquet")
-    assert list(frame["status"]) == ["pruned", "pruned"] and frame["test_accuracy"].isna().all()
-    records = list(Path(storage_url()[len("sqlite:///"):]).parent.glob("trials/*/pruned.json"))
-    assert len(records) == 2
-    assert not list(records[0].parent.glob("*.weights.npz"))  # no weights for a pruned trial
-    # a later pruned tune of the same configs replays the record: pruned, nothing trained
+    assert set(frame["status"]) == {"pruned"} and frame["test_accuracy"].isna().all()
+    data_dir = Path(storage_url()[len("sqlite:///"):]).parent
+    records = list(data_dir.glob("trials/*/pruned.json"))
+    assert len(records) == len(configs)  # one per distinct config, whatever was repeated
+    for record in records:  # no weights for a pruned trial
+        assert not list(record.parent.glob("*.weights.npz"))
+    # a later pruned tune of the same configs replays the records: pruned, nothing trained
     capsys.readouterr()
-    tiny_tune(mnist_file, tmp_path, "pruned-again", trials=2, pruner="median", epochs=3)
+    tiny_tune(mnist_file, tmp_path, "pruned-again", trials=2, pruner="median", **space)
     out = capsys.readouterr().out
-    assert out.count("pruned after epoch 2") == 2 and "trained 0.0s" in out
+    lines = [line for line in out.splitlines() if "pruned after epoch 2" in line]
+    assert len(lines) == 2
+    assert all("(trained 0.0s)" in line or "(cached)" in line for line in lines)
     # the grid asks for the same configs unpruned: they train fully, nothing from the cache
     capsys.readouterr()
-    grid = Path(grid_search(space=make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100],
+    units = sorted({u for u, _ in configs})
+    dropouts = sorted({d for _, d in configs})
+    grid = Path(grid_search(space=make_space(units=units, dropout=dropouts, batch_size=[100],
                                              epochs=3),
                             data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
-    assert "2 trained, 0 from cache" in capsys.readouterr().out
+    cells = len(units) * len(dropouts)
+    assert f"{cells} trained, 0 from cache" in capsys.readouterr().out
     full = pd.read_parquet(grid / "trials.parquet")
     assert (full["best_epoch"] == 3).all() and full["test_accuracy"].notna().all()
 
@@ -246,3 +255,16 @@ def test_the_pruned_status_is_not_a_completed_trial_anywhere():
     table = best_of_n_table(StudyPlan(n_values=[2]), {(2, 0): ["k0", "k1", "k2", "p"]},
                             trials_frame([*done, pruned]))
     assert table.loc[0, "max_test_mean"] < 0.99  # the pruned trial's 0.99 is not in it
+
+
+def test_the_command_line_rejects_a_bad_dimension_in_one_line():
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    bad = subprocess.run([sys.executable, "flows/tune.py", "--units", "int_log:0:512"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: units='int_log:0:512': int_log needs LOW > 0 (got 0)"]
