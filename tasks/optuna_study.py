@@ -104,6 +104,7 @@ def export_run(name: str, results: Sequence[TrialResult], values: dict[str, list
     except KeyError:
         pass
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study.set_metric_names([OBJECTIVE])
     distributions = {field: CategoricalDistribution(values[field]) for field in SEARCH_FIELDS
                      if field in values}
     distinct = list({r.trial_key: r for r in results}.values())

@@ -10,6 +10,11 @@ The study lives in an Optuna storage (default ``sqlite:///data/optuna.db``) unde
 tune resumes and extends across runs: ``--trials`` is the number of finished (complete or
 pruned) trials the study should hold. Trials a killed run left running are marked failed and
 their configs asked again first (if they had finished training, the cache has them).
+
+Only a pruned tune's workers talk to the storage (each epoch, to ask the pruner); otherwise
+the parent tells the study each trial's epochs. So a tune without pruning runs on any Dask
+cluster, and a pruned one needs a storage its workers reach: local worker processes always
+do; remote ones need a shared storage URL (``--storage postgresql://…``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, replace
 from tasks.config import TrialConfig
 from tasks.data import DataHandle
 from tasks.errors import UserError
+from tasks.optuna_study import OBJECTIVE
 from tasks.training import TrialLink, TrialResult
 from tasks.tune_space import TuneSpace
 
@@ -76,6 +82,7 @@ class TuneProposer:
         for key, value in identity.items():
             self.study.set_user_attr(key, value)
         self.study.set_user_attr("kind", "tune")
+        self.study.set_metric_names([OBJECTIVE])
         # a killed run's unfinished trials: fail them, ask their configs again first
         for trial in self.study.get_trials(deepcopy=False,
                                            states=(TrialState.RUNNING, TrialState.WAITING)):
@@ -116,8 +123,9 @@ class TuneProposer:
         if result.status == "failed":
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        if result.cached:
-            # trained before (the cache, or this run): its epochs were not reported here
+        if result.cached or link.pruner == "none":
+            # not reported by a pruned worker: trained before (the cache, or this run), or
+            # trained without a pruner (see run_adaptive)
             for row in result.history:
                 trial.report(float(row["val_accuracy"]), int(row["epoch"]))
         if result.status == "pruned":

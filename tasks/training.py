@@ -487,9 +487,12 @@ def run_adaptive(
                     waiting[name].append(link)
                 else:
                     waiting[name] = []
+                    # the worker talks to the study only to be pruned; otherwise the epochs
+                    # are told from here (a remote worker need not reach the storage)
+                    prunable = link if link is not None and link.pruner != "none" else None
                     future = pool.submit(trial_task, parameters={
                         "config": config, "data": data, "backend": backend,
-                        "data_dir": data_dir, "link": link})
+                        "data_dir": data_dir, "link": prunable})
                     in_flight[future] = (config, link)
 
         fill()
