@@ -4,8 +4,10 @@
 
 For each (units, batch) shape, one epoch over 12000 training images in the compiled engine's
 own loop (gather a minibatch, Dense -> dropout -> Dense -> softmax cross-entropy, gradients,
-TensorFlow's fused Adam), one TensorFlow thread as in a study worker, best of 3 timed epochs
-after a warm-up, milliseconds per step. Variants, side by side in this process:
+TensorFlow's fused Adam), one TensorFlow thread as in a study worker, milliseconds per step:
+the median of 5 timed epochs per variant after a warm-up, the variants timed in turns (the
+project's machine is shared and noisy: single timings there vary by +-20 %). Variants, side by
+side in this process:
 
 * ``all inputs``: the first layer over all 784 pixels;
 * ``trained inputs``: over the pixels that are not zero in every training image (what the
@@ -83,18 +85,25 @@ def make_epoch(tf, x, y, units: int, mode: str = "adam", xla: bool = False):
     return epoch
 
 
-def ms_per_step(tf, epoch, batch: int) -> float:
+def ms_per_step(tf, epochs: dict, batch: int, rounds: int = 5) -> dict[str, float]:
+    """Median ms per step of each traced epoch in ``epochs``, timed in turns (round-robin, so
+    that a noisy moment of a shared machine hits every variant alike)."""
+    import statistics
+
     import numpy as np
 
     order = tf.constant(np.random.default_rng(0).permutation(60_000)[:STEPS_SAMPLES]
                         .astype(np.int32))
-    epoch(order, tf.constant(batch))  # trace and warm up
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        epoch(order, tf.constant(batch))
-        times.append(time.perf_counter() - started)
-    return 1000 * min(times) / (STEPS_SAMPLES / batch)
+    for epoch in epochs.values():
+        epoch(order, tf.constant(batch))  # trace and warm up
+    times: dict[str, list[float]] = {name: [] for name in epochs}
+    for _ in range(rounds):
+        for name, epoch in epochs.items():
+            started = time.perf_counter()
+            epoch(order, tf.constant(batch))
+            times[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(values) / (STEPS_SAMPLES / batch)
+            for name, values in times.items()}
 
 
 def main() -> None:
@@ -124,20 +133,22 @@ def main() -> None:
     x, y = splits.x_train, splits.y_train
     trained = x[:, x.any(axis=0)]
     print(f"one TensorFlow thread; {x.shape[1]} inputs, {trained.shape[1]} not zero in every "
-          "training image; ms per step (best of 3 epochs of 12000 images)")
+          "training image; ms per step (median of 5 epochs of 12000 images, in turns)")
     print(f"{'units x batch':>14} {'all inputs':>11} {'trained inputs':>15} {'saved':>6} "
           f"{'xla step':>9}")
     for units, batch in shapes:
-        full = ms_per_step(tf, make_epoch(tf, x, y, units), batch)
-        part = ms_per_step(tf, make_epoch(tf, trained, y, units), batch)
-        xla = ms_per_step(tf, make_epoch(tf, trained, y, units, xla=True), batch)
-        print(f"{f'{units} x {batch}':>14} {full:11.3f} {part:15.3f} {1 - part / full:6.0%} "
-              f"{xla:9.3f}")
+        ms = ms_per_step(tf, {"full": make_epoch(tf, x, y, units),
+                              "part": make_epoch(tf, trained, y, units),
+                              "xla": make_epoch(tf, trained, y, units, xla=True)}, batch)
+        print(f"{f'{units} x {batch}':>14} {ms['full']:11.3f} {ms['part']:15.3f} "
+              f"{1 - ms['part'] / ms['full']:6.0%} {ms['xla']:9.3f}")
     units, batch = shapes[0]
     print(f"where the time of a {units} x {batch} step goes (trained inputs):")
-    for mode in ("forward", "gradients", "sgd", "adam"):
-        value = ms_per_step(tf, make_epoch(tf, trained, y, units, mode), batch)
-        print(f"  {mode + ' only' if mode == 'forward' else mode:>16} {value:7.3f} ms")
+    modes = ("forward", "gradients", "sgd", "adam")
+    ms = ms_per_step(tf, {mode: make_epoch(tf, trained, y, units, mode) for mode in modes},
+                     batch)
+    for mode in modes:
+        print(f"  {mode + ' only' if mode == 'forward' else mode:>16} {ms[mode]:7.3f} ms")
 
 
 if __name__ == "__main__":

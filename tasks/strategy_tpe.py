@@ -35,8 +35,8 @@ TPE_STARTUP_TRIALS = 10
 
 
 def make_sampler(name: str, seed: int, resumed_at: int = 0):
-    """Optuna's sampler ``name``. A resumed study gets a seed of its own (``resumed_at``:
-    finished trials), so a random sampler does not ask the first run's configs again."""
+    """Optuna's sampler ``name``. A resumed study gets a seed of its own (``resumed_at``: its
+    trials so far), so a random sampler does not ask the first run's configs again."""
     import optuna
 
     seed = seed + 1_000_003 * resumed_at
@@ -89,10 +89,12 @@ class TuneProposer:
             if trial.state == TrialState.RUNNING:
                 self.study.enqueue_trial(trial.params, skip_if_exists=False)
                 self.study.tell(trial.number, state=TrialState.FAIL)
-        finished = self.study.get_trials(deepcopy=False,
-                                         states=(TrialState.COMPLETE, TrialState.PRUNED))
-        self.finished_before = len(finished)
-        self.study.sampler = make_sampler(search.sampler, search.seed, self.finished_before)
+        every = self.study.get_trials(deepcopy=False)
+        self.finished_before = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                                   for t in every)
+        # a seed of its own per resume point (the trials so far, failed ones included), so a
+        # resumed study's sampler does not repeat the first run's draws
+        self.study.sampler = make_sampler(search.sampler, search.seed, len(every))
         self.to_finish = max(0, search.trials - self.finished_before)
         self.asked = 0
         self.running: dict[int, object] = {}

@@ -524,7 +524,12 @@ def check_failures(results: Sequence[TrialResult], report: str, tolerated: int =
 def count_sources(results: Sequence[TrialResult]) -> dict[str, int]:
     """How many distinct trials were trained now, came from the cache, were pruned, or
     failed."""
-    distinct = {r.trial_key: r for r in results}.values()
+    by_key: dict[str, TrialResult] = {}
+    for result in results:  # a config trained in this run and then asked again: trained
+        known = by_key.get(result.trial_key)
+        if known is None or (known.cached and not result.cached):
+            by_key[result.trial_key] = result
+    distinct = by_key.values()
     return {
         "trials": len(distinct),
         "trained": sum(1 for r in distinct if r.status == "completed" and not r.cached),
