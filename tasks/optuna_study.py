@@ -163,9 +163,7 @@ def export_and_draw(run, kind: str, results: Sequence[TrialResult], space,
     """A report step for a grid or random run: export it as the study named like its report
     folder (``run``: a :class:`tasks.report.RunFolder`), draw its figures into the folder;
     returns the report's markdown section."""
-    from tasks.search_space import SEARCH_FIELDS as fields
-
-    study = export_run(run.final.name, results, {f: getattr(space, f) for f in fields},
+    study = export_run(run.final.name, results, {f: getattr(space, f) for f in SEARCH_FIELDS},
                        storage, attrs={"kind": kind, "report": str(run.final)})
     lines = draw_study_figures(study, run.path)
     return "\n\n".join([

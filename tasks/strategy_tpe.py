@@ -67,6 +67,7 @@ class TuneProposer:
 
         quiet_optuna()
         self.search, self.space = search, search.space
+        self.epochs = search.space.epochs
         self.url = storage_url(search.storage)
         self.study = optuna.create_study(
             study_name=search.study_name, storage=self.url, direction="maximize",

@@ -423,6 +423,9 @@ class Proposer(Protocol):
     """An adaptive search's side of :func:`run_adaptive`: configs one at a time, each told
     its result before the next is asked when workers are busy."""
 
+    #: epochs of every trial it asks for (with the budget, what sizes the runner)
+    epochs: int
+
     def remaining(self) -> int:
         """Trials this run still has to finish (for progress lines)."""
 
@@ -455,8 +458,8 @@ def run_adaptive(
 
     total = proposer.remaining()
     # an adaptive search's configs are unknown in advance: size the runner by its budget
-    cores_work = total * 10 * data.train_size
-    kind, workers = choose_runner(runner, workers, total, cores_work)
+    work = total * proposer.epochs * data.train_size
+    kind, workers = choose_runner(runner, workers, total, work)
     say(f"{total} trials to finish: {kind} x {workers}"
         + (" (chosen by --runner auto)" if runner == "auto" else ""))
     progress_id = create_progress_artifact(
