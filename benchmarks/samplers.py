@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import SplitSpec  # noqa: E402
-from tasks.tune_space import DEFAULT_TUNE_SPACE  # noqa: E402
+from tasks.search.tune_space import DEFAULT_TUNE_SPACE  # noqa: E402
 
 METHODS = {"random": ("random", "none"), "tpe": ("tpe", "none"),
            "tpe + median pruning": ("tpe", "median")}
@@ -45,8 +45,8 @@ def _init(handle) -> None:
     global _SPLITS
     import optuna
 
-    from tasks.data import load_splits
-    from tasks.runners import init_worker
+    from tasks.data.mnist import load_splits
+    from tasks.search.workers import init_worker
 
     init_worker(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,9 +63,9 @@ def run_study(method: str, seed: int, trials: int, space, splits) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from tasks.engine import train_model
-    from tasks.pruning import make_pruner
-    from tasks.strategy_tpe import make_sampler
+    from tasks.engine.train import train_model
+    from tasks.search.tpe import make_sampler
+    from tasks.trial.pruning import make_pruner
 
     sampler, pruner = METHODS[method]
     study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed),
@@ -133,8 +133,8 @@ def main() -> None:
 
     import optuna
 
-    from tasks.data import prepare_data
-    from tasks.runners import available_cores
+    from tasks.data.mnist import prepare_data
+    from tasks.search.workers import available_cores
 
     handle, _ = prepare_data(args.data, SplitSpec(train_samples=args.train_samples))
     space = DEFAULT_TUNE_SPACE.model_copy(update={"epochs": args.epochs})

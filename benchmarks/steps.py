@@ -122,9 +122,9 @@ def main() -> None:
         shapes.append((units, batch))
 
     from tasks.config import SplitSpec
-    from tasks.data import load_splits, prepare_data
-    from tasks.runners import init_worker
-    from tasks.tf_runtime import tensorflow
+    from tasks.data.mnist import load_splits, prepare_data
+    from tasks.engine.tf_runtime import tensorflow
+    from tasks.search.workers import init_worker
 
     init_worker(1)
     tf = tensorflow()

@@ -30,16 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.best_of_n import StudyPlan, study_configs  # noqa: E402
 from tasks.config import SplitSpec, TrialConfig  # noqa: E402
-from tasks.search_space import DEFAULT_RANDOM_SPACE  # noqa: E402
+from tasks.search.best_of_n import StudyPlan, study_configs  # noqa: E402
+from tasks.search.space import DEFAULT_RANDOM_SPACE  # noqa: E402
 
 TRIAL_EPOCHS = 10  # the exercise's trial length
 
 
 def time_trial(config: TrialConfig, splits) -> dict[str, float]:
     """Train once; fixed = total - epochs x steady (steady = the last epoch's time)."""
-    from tasks.engine import train_model
+    from tasks.engine.train import train_model
 
     marks: list[float] = []
     started = time.perf_counter()
@@ -52,8 +52,8 @@ def time_trial(config: TrialConfig, splits) -> dict[str, float]:
 
 
 def _worker(handle, queue, results, threads: int) -> None:
-    from tasks.data import load_splits
-    from tasks.runners import init_worker
+    from tasks.data.mnist import load_splits
+    from tasks.search.workers import init_worker
 
     init_worker(threads)
     splits = load_splits(handle)
@@ -95,9 +95,9 @@ def run_workers(handle, configs: list[TrialConfig], workers: int) -> tuple[float
 
 
 def _levers_worker(handle, configs, results) -> None:
-    from tasks import backend_compiled
-    from tasks.data import load_splits
-    from tasks.runners import init_worker
+    from tasks.data.mnist import load_splits
+    from tasks.engine import backend_compiled
+    from tasks.search.workers import init_worker
 
     init_worker(1)
     splits = load_splits(handle)
@@ -154,8 +154,8 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the steady epoch time needs two epochs)")
 
-    from tasks.data import load_splits, prepare_data
-    from tasks.runners import available_cores
+    from tasks.data.mnist import load_splits, prepare_data
+    from tasks.search.workers import available_cores
 
     handle, _ = prepare_data(args.data, SplitSpec())
     plan = StudyPlan()
@@ -167,7 +167,7 @@ def main() -> None:
           f"epochs each, search protocol; 10-epoch trial = fixed + 10 x steady epoch")
 
     # 1 worker: this process, TensorFlow's default threads (every core)
-    from tasks.runners import init_worker
+    from tasks.search.workers import init_worker
 
     init_worker(None)
     splits = load_splits(handle)

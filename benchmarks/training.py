@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import SplitSpec, TrialConfig  # noqa: E402
-from tasks.data import load_splits, prepare_data  # noqa: E402
-from tasks.engine import release_tensorflow_memory, train_model  # noqa: E402
-from tasks.search_space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE  # noqa: E402
+from tasks.data.mnist import load_splits, prepare_data  # noqa: E402
+from tasks.engine.train import release_tensorflow_memory, train_model  # noqa: E402
+from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE  # noqa: E402
 
 BACKENDS = ("keras", "compiled")
 KEY_CONFIGS = [(32, 128), (16, 512), (256, 256), (1000, 128)]
@@ -71,7 +71,7 @@ def main() -> None:
     splits = load_splits(handle)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}")
-    from tasks.tf_runtime import tensorflow as _tf
+    from tasks.engine.tf_runtime import tensorflow as _tf
 
     tf = _tf()
     print(f"tensorflow {tf.__version__}, intra-op threads "

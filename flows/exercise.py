@@ -17,12 +17,12 @@ from prefect import flow
 from flows.grid import grid_search
 from flows.random_search import random_search
 from flows.train import baseline
-from tasks.best_of_n import StudyPlan, make_study_plan, study_configs
 from tasks.cli import flow_main, run_cli, say
-from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, TrialConfig
-from tasks.report_exercise import check_report_failures, write_exercise_report_task
-from tasks.runners import RunnerKind
-from tasks.search_space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, SearchSpace
+from tasks.config import TrialConfig
+from tasks.reports.exercise import check_report_failures, write_exercise_report_task
+from tasks.run_options import DrawSeed, Epochs, FanOut, RunOptions
+from tasks.search.best_of_n import StudyPlan, make_study_plan, study_configs
+from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, SearchSpace
 
 
 @flow(name="exercise")
@@ -31,33 +31,24 @@ def exercise(
     grid: SearchSpace = DEFAULT_GRID,
     random_space: SearchSpace = DEFAULT_RANDOM_SPACE,
     study: StudyPlan = StudyPlan(),
-    epochs: PositiveInt | None = None,
-    draw_seed: Seed = 0,
-    data: str | None = None,
-    train_samples: PositiveInt | None = None,
-    reports_dir: str | None = None,
-    data_dir: str | None = None,
-    backend: Backend = "compiled",
-    runner: RunnerKind = "auto",
-    workers: PositiveInt | None = None,
-    dask_address: str | None = None,
-    max_failures: NonNegativeInt = 0,
+    epochs: Epochs = None,
+    draw_seed: DrawSeed = 0,
+    run: RunOptions = RunOptions(),
+    fan_out: FanOut = FanOut(),
 ) -> str:
     """Run the baseline, the grid and the best-of-N study; write one combined report.
     ``epochs``, when given, replaces the epochs of all three."""
-    common = dict(epochs=epochs, data=data, train_samples=train_samples, reports_dir=reports_dir,
-                  data_dir=data_dir, backend=backend)
-    fan_out = dict(runner=runner, workers=workers, dask_address=dask_address,
-                   max_failures=None)  # failures are counted once, below, over both searches
+    # failures are counted once, below, over both searches
+    each = fan_out.model_copy(update={"max_failures": None})
     folders = {
-        "baseline": baseline(config=baseline_config, **common),
-        "grid": grid_search(space=grid, **common, **fan_out),
-        "random": random_search(space=random_space, study=study, draw_seed=draw_seed, **common,
-                                **fan_out),
+        "baseline": baseline(config=baseline_config, epochs=epochs, run=run),
+        "grid": grid_search(space=grid, epochs=epochs, run=run, fan_out=each),
+        "random": random_search(space=random_space, epochs=epochs, study=study,
+                                draw_seed=draw_seed, run=run, fan_out=each),
     }
-    folder = write_exercise_report_task(folders, reports_dir)
+    folder = write_exercise_report_task(folders, run.reports_dir)
     say(f"Report: {folder}")
-    check_report_failures([folders["grid"], folders["random"]], folder, max_failures)
+    check_report_failures([folders["grid"], folders["random"]], folder, fan_out.max_failures)
     return folder
 
 
@@ -70,7 +61,8 @@ def check(kwargs: dict) -> None:
 def main(argv: list[str] | None = None) -> str:
     return flow_main(exercise, "The whole exercise: baseline network, grid search (dropout x "
                      "units) and the random-search best-of-N study, with one combined report.",
-                     argv, expand=("study",), make={"study": make_study_plan}, check=check)
+                     argv, expand=("study", "run", "fan_out"), make={"study": make_study_plan},
+                     check=check)
 
 
 if __name__ == "__main__":

@@ -10,41 +10,43 @@ The default is the exercise's grid: dropout {0, 0.1, 0.3, 0.5, 0.8} x units {16,
 from __future__ import annotations
 
 import sys
+import time
 
 from prefect import flow
 
 from tasks.cli import flow_main, run_cli
-from tasks.config import Backend, NonNegativeInt, PositiveInt
-from tasks.runners import RunnerKind
-from tasks.search import run_search
-from tasks.search_space import DEFAULT_GRID, SearchSpace, make_space
-from tasks.strategy_grid import GridSearch
+from tasks.config import with_epochs
+from tasks.data.task import prepare_data_task
+from tasks.reports.grid import write_grid_report_task
+from tasks.run_options import Epochs, FanOut, RunOptions
+from tasks.search.loop import finish_run, run_trials
+from tasks.search.proposers import grid_proposer
+from tasks.search.space import DEFAULT_GRID, SearchSpace, make_space
 
 
 @flow(name="grid-search")
 def grid_search(
     space: SearchSpace = DEFAULT_GRID,
-    epochs: PositiveInt | None = None,
-    data: str | None = None,
-    train_samples: PositiveInt | None = None,
-    reports_dir: str | None = None,
-    data_dir: str | None = None,
-    backend: Backend = "compiled",
-    runner: RunnerKind = "auto",
-    workers: PositiveInt | None = None,
-    dask_address: str | None = None,
-    max_failures: NonNegativeInt | None = 0,
+    epochs: Epochs = None,
+    run: RunOptions = RunOptions(),
+    fan_out: FanOut = FanOut(),
 ) -> str:
     """Train every cell of ``space`` (cached) and write the grid report; returns its folder.
     ``epochs``, when given, replaces ``space.epochs``."""
-    return run_search(GridSearch(space), **locals())
+    started = time.perf_counter()
+    space = with_epochs(space, epochs)
+    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    results = run_trials(grid_proposer(space, data), data, run, fan_out)
+    report = write_grid_report_task(results, space, run.reports_dir,
+                                    time.perf_counter() - started, run.optuna_storage())
+    return finish_run(results, report, fan_out.max_failures)
 
 
 def main(argv: list[str] | None = None) -> str:
     return flow_main(grid_search, "Grid search over the trial config's fields (each value "
                      "list below is one axis; the grid is their product): one cached, retried "
                      "training task per cell, then a report folder under reports/.", argv,
-                     expand=("space",), make={"space": make_space})
+                     expand=("space", "run", "fan_out"), make={"space": make_space})
 
 
 if __name__ == "__main__":

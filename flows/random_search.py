@@ -13,58 +13,66 @@ accuracy; the exercise's max test accuracy is shown beside it, labelled as such.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
-from tasks.best_of_n import StudyPlan, make_study_plan
 from tasks.cli import flow_main, run_cli
-from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed
-from tasks.runners import RunnerKind
-from tasks.search import run_search
-from tasks.search_space import DEFAULT_RANDOM_SPACE, SearchSpace, make_space
-from tasks.strategy_random import BestOfNStudy, RandomSearch
+from tasks.config import PositiveInt, with_epochs
+from tasks.data.task import prepare_data_task
+from tasks.reports.random_search import write_random_report_task
+from tasks.run_options import DrawSeed, Epochs, FanOut, RunOptions
+from tasks.search.best_of_n import StudyPlan, make_study_plan
+from tasks.search.loop import finish_run, run_trials
+from tasks.search.proposers import StudyDraws, random_proposer
+from tasks.search.space import DEFAULT_RANDOM_SPACE, SearchSpace, make_space, sample_configs
+
+Trials = Annotated[PositiveInt, Field(description="plain search: number of distinct random "
+                                                  "configs")]
+Study = Annotated[StudyPlan | None, Field(description="run the best-of-N study instead of a "
+                                                      "plain search")]
 
 
 @flow(name="random-search")
 def random_search(
     space: SearchSpace = DEFAULT_RANDOM_SPACE,
-    epochs: PositiveInt | None = None,
-    trials: PositiveInt = 20,
-    study: StudyPlan | None = None,
-    draw_seed: Seed = 0,
-    data: str | None = None,
-    train_samples: PositiveInt | None = None,
-    reports_dir: str | None = None,
-    data_dir: str | None = None,
-    backend: Backend = "compiled",
-    runner: RunnerKind = "auto",
-    workers: PositiveInt | None = None,
-    dask_address: str | None = None,
-    max_failures: NonNegativeInt | None = 0,
+    epochs: Epochs = None,
+    trials: Trials = 20,
+    study: Study = None,
+    draw_seed: DrawSeed = 0,
+    run: RunOptions = RunOptions(),
+    fan_out: FanOut = FanOut(),
 ) -> str:
     """A plain search of ``trials`` random configs, or the best-of-N ``study``; returns the
     report folder. ``epochs``, when given, replaces ``space.epochs``."""
-    strategy = (RandomSearch(space, trials, draw_seed) if study is None
-                else BestOfNStudy(space, study, draw_seed))
-    options = {k: v for k, v in locals().items() if k not in ("trials", "study", "strategy")}
-    return run_search(strategy, **options)
+    space = with_epochs(space, epochs)
+    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    if study is None:
+        proposer, draws = random_proposer(space, trials, draw_seed, data), None
+    else:
+        study_draws = StudyDraws(space, study, draw_seed)
+        proposer, draws = study_draws.proposer(data), study_draws.keys(data, run.backend)
+    results = run_trials(proposer, data, run, fan_out)
+    report = write_random_report_task(results, space, study, draws, run.reports_dir,
+                                      len(proposer.configs), run.optuna_storage())
+    return finish_run(results, report, fan_out.max_failures)
 
 
 def check(kwargs: dict) -> None:
     """Cross-field rules, before anything starts: the draw must fit the space."""
-    space = kwargs.get("space", DEFAULT_RANDOM_SPACE)
-    if "epochs" in kwargs:
-        space = space.model_copy(update={"epochs": kwargs["epochs"]})
+    space = with_epochs(kwargs.get("space", DEFAULT_RANDOM_SPACE), kwargs.get("epochs"))
     study, seed = kwargs.get("study"), kwargs.get("draw_seed", 0)
-    strategy = (RandomSearch(space, kwargs.get("trials", 20), seed) if study is None
-                else BestOfNStudy(space, study, seed))
-    strategy.configs()  # raises the one-line error of a draw that cannot be made
+    if study is None:  # raises the one-line error of a draw that cannot be made
+        sample_configs(space, kwargs.get("trials", 20), seed)
+    else:
+        StudyDraws(space, study, seed)
 
 
 def main(argv: list[str] | None = None) -> str:
     return flow_main(random_search, "Random search over a space of trial configs (each value "
                      "list below is the space), or the best-of-N study; writes a report folder "
-                     "under reports/.", argv, expand=("space", "study"),
+                     "under reports/.", argv, expand=("space", "study", "run", "fan_out"),
                      make={"space": make_space, "study": make_study_plan}, check=check)
 
 

@@ -6,59 +6,82 @@
     python flows/tune.py --learning-rate log_uniform:1e-5:1e-1 --pruner median --trials 40
 
 Every asked config trains as the same cached task as the grid and the random search (anything
-trained before costs nothing). The study lives in an Optuna storage, so a killed tune resumes
-and a larger --trials extends it; `optuna-dashboard sqlite:///data/optuna.db` shows it.
+trained before costs nothing). The study lives in an Optuna storage (``optuna.db`` in the data
+directory unless --storage says otherwise), so a killed tune resumes and a larger --trials
+extends it; `optuna-dashboard sqlite:///data/optuna.db` shows it.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
 from tasks.cli import flow_main, run_cli
-from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed
-from tasks.runners import RunnerKind
-from tasks.search import run_search
-from tasks.strategy_tpe import TuneSearch
-from tasks.tune_space import DEFAULT_TUNE_SPACE, TuneSpace, make_tune_space, read_space_file
+from tasks.config import PositiveInt, Seed, with_epochs
+from tasks.data.task import prepare_data_task
+from tasks.errors import UserError
+from tasks.reports.tune import write_tune_report_task
+from tasks.run_options import Epochs, FanOut, RunOptions
+from tasks.search.loop import finish_run, run_trials
+from tasks.search.tpe import SamplerName, TuneProposer
+from tasks.search.tune_space import (
+    DEFAULT_TUNE_SPACE,
+    TuneSpace,
+    make_tune_space,
+    read_space_file,
+)
+from tasks.trial.pruning import PrunerName
+
+Trials = Annotated[PositiveInt, Field(
+    description="finished (complete or pruned) trials the study should hold; a larger number "
+                "extends an earlier tune of the same study")]
+Sampler = Annotated[SamplerName, Field(
+    description="tpe: Optuna's TPE (model-based, constant liar for the trials running at "
+                "once); random: uniform draws, for comparison")]
+Pruner = Annotated[PrunerName, Field(
+    description="stop hopeless trials after an epoch: median (below the median of earlier "
+                "trials at that epoch) or hyperband; none: every trial trains all its epochs")]
+SamplerSeed = Annotated[Seed, Field(
+    description="seed of the sampler (a resumed study continues from its own state)")]
+StudyName = Annotated[str, Field(
+    description="the Optuna study: a tune with the same name resumes and extends it")]
+Storage = Annotated[str | None, Field(
+    description="Optuna storage URL (default: $PIPELINE_OPTUNA_STORAGE, else "
+                "sqlite:///<data dir>/optuna.db)")]
 
 
 @flow(name="tune")
 def tune(
     space: TuneSpace = DEFAULT_TUNE_SPACE,
-    epochs: PositiveInt | None = None,
-    trials: PositiveInt = 50,
-    sampler: Literal["tpe", "random"] = "tpe",
-    pruner: Literal["none", "median", "hyperband"] = "none",
-    sampler_seed: Seed = 0,
-    study_name: str = "tune",
-    storage: str | None = None,
-    data: str | None = None,
-    train_samples: PositiveInt | None = None,
-    reports_dir: str | None = None,
-    data_dir: str | None = None,
-    backend: Backend = "compiled",
-    runner: RunnerKind = "auto",
-    workers: PositiveInt | None = None,
-    dask_address: str | None = None,
-    max_failures: NonNegativeInt | None = 0,
+    epochs: Epochs = None,
+    trials: Trials = 50,
+    sampler: Sampler = "tpe",
+    pruner: Pruner = "none",
+    sampler_seed: SamplerSeed = 0,
+    study_name: StudyName = "tune",
+    storage: Storage = None,
+    run: RunOptions = RunOptions(),
+    fan_out: FanOut = FanOut(),
 ) -> str:
     """Run the Optuna study ``study_name`` until it holds ``trials`` finished trials and write
     its report; returns the report folder. ``epochs``, when given, replaces ``space.epochs``."""
-    strategy = TuneSearch(space, trials, sampler, pruner, sampler_seed, study_name, storage)
-    options = {k: v for k, v in locals().items()
-               if k not in ("space", "trials", "sampler", "pruner", "sampler_seed",
-                            "study_name", "storage", "strategy")}
-    return run_search(strategy, **options)
+    space = with_epochs(space, epochs)
+    storage = run.optuna_storage(storage)
+    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    proposer = TuneProposer(space, data, run.backend, storage, trials, sampler, pruner,
+                            sampler_seed, study_name)
+    results = run_trials(proposer, data, run, fan_out)
+    report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
+                                    run.reports_dir)
+    return finish_run(results, report, fan_out.max_failures)
 
 
 def check(kwargs: dict) -> None:
     """Cross-field rules, before anything starts."""
     if not kwargs.get("study_name", "tune").strip():
-        from tasks.errors import UserError
-
         raise UserError("study_name='': give the study a name")
 
 
@@ -68,10 +91,8 @@ def main(argv: list[str] | None = None) -> str:
         "a space of distributions; every trial is the same cached training task as the grid's "
         "and the random search's. Each dimension below is kind:arguments: choice:A,B,C | "
         "uniform:LOW:HIGH[:DECIMALS] | log_uniform:LOW:HIGH[:DIGITS] | int:LOW:HIGH | "
-        "int_log:LOW:HIGH.", argv, expand=("space",), make={"space": make_tune_space},
-        check=check, files={"space": read_space_file},
-        help_texts={"trials": "finished (complete or pruned) trials the study should hold; a "
-                              "larger number extends an earlier tune of the same study"})
+        "int_log:LOW:HIGH.", argv, expand=("space", "run", "fan_out"),
+        make={"space": make_tune_space}, check=check, files={"space": read_space_file})
 
 
 if __name__ == "__main__":

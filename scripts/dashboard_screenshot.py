@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import optuna
 
-    from tasks.optuna_study import storage_url
+    from tasks.reports.optuna_export import storage_url
 
     url = storage_url(args.storage)
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}

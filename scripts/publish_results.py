@@ -19,7 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.best_of_n import NOTEBOOK_BEST_OF_N  # noqa: E402
+from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N  # noqa: E402
 
 OUT = ROOT / "docs" / "results"
 #: The notebook's grid printout (test accuracy), dropout x units.

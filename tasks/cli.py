@@ -11,56 +11,42 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from tasks.console import say  # noqa: F401  (the flows' one import for terminal lines)
+from tasks.console import say
 from tasks.errors import ReportError, TrialsFailed, UserError, describe_validation_error
 
-
-def check_runner(runner: str, workers: int | None, dask_address: str | None = None) -> None:
-    if workers is not None and workers < 1:
-        raise UserError(f"workers={workers}: must be at least 1")
-    if dask_address:
-        if runner != "dask":
-            raise UserError(f"--dask-address needs --runner dask (not {runner})")
-        from tasks.runners import check_api_for_cluster
-
-        check_api_for_cluster(dask_address)
+__all__ = ["flow_main", "run_cli", "say"]  # say: the flows' one import for terminal lines
 
 
 def check_inputs(kwargs: dict) -> None:
-    """Fail fast, before Prefect or TensorFlow start: numbers the parser cannot check, the
-    fan-out options, training subset, reports directory and the data file (read and
-    validated)."""
-    from tasks.config import make_split
-    from tasks.data import check_mnist_file
+    """Fail fast, before Prefect or TensorFlow start: an existing Dask cluster needs a real
+    Prefect server, the training subset must fit, the reports directory must be writable and
+    the data file must be MNIST (read and validated). Bounds are the models' own."""
+    from tasks.data.mnist import check_mnist_file
     from tasks.files import check_writable_dir
+    from tasks.run_options import FanOut, RunOptions
     from tasks.settings import current
 
-    for name, least in (("epochs", 1), ("trials", 1), ("workers", 1), ("train_samples", 1),
-                        ("max_failures", 0), ("draw_seed", 0)):
-        value = kwargs.get(name)
-        if value is not None and value < least:
-            raise UserError(f"{name}={value}: must be at least {least}")
-    if "runner" in kwargs or "workers" in kwargs:
-        check_runner(kwargs.get("runner", "auto"), kwargs.get("workers"),
-                     kwargs.get("dask_address"))
-    split = make_split(kwargs.get("train_samples"))
-    check_writable_dir(kwargs.get("reports_dir") or current().reports_dir)
-    check_mnist_file(kwargs.get("data"), split)
+    run, fan_out = kwargs.get("run", RunOptions()), kwargs.get("fan_out", FanOut())
+    if fan_out.dask_address:
+        from tasks.search.runners import check_api_for_cluster
+
+        check_api_for_cluster(fan_out.dask_address)
+    check_writable_dir(run.reports_dir or current().reports_dir)
+    check_mnist_file(run.data, run.split())
 
 
 def flow_main(flow, description: str, argv: list[str] | None = None,
               expand: tuple[str, ...] = (), make: dict | None = None,
               check: Callable[[dict], None] | None = None,
-              help_texts: dict[str, str] | None = None,
               files: dict[str, Callable] | None = None):
     """A flow's command line: options generated from its signature (:mod:`tasks.options`),
-    every input checked (``check``: the flow's own cross-field rules), then the flow run.
-    ``files``: expanded models that can also be read from ``--NAME-file PATH`` by the
-    given reader."""
+    every input checked (``check``: the flow's own cross-field rules), then the flow run
+    with the project's Prefect settings (:data:`PREFECT_SETTINGS`). ``files``: expanded
+    models that can also be read from ``--NAME-file PATH`` by the given reader."""
     from tasks.options import flow_arguments, flow_parser
 
     files = files or {}
-    parser = flow_parser(flow, description, expand, help_texts=help_texts, files=tuple(files))
+    parser = flow_parser(flow, description, expand, files=tuple(files))
     args = parser.parse_args(argv)
     quiet_logs(args.verbose)
     base = {name: read(getattr(args, f"{name}_file")) for name, read in files.items()
@@ -69,7 +55,30 @@ def flow_main(flow, description: str, argv: list[str] | None = None,
     if check is not None:
         check(kwargs)
     check_inputs(kwargs)
-    return flow(**kwargs)
+    with project_prefect_settings():
+        return flow(**kwargs)
+
+
+#: Prefect settings every command of the project runs with, from any working directory
+#: (a ``prefect.toml`` would be read from the working directory only). A variable the user set
+#: wins. A new PREFECT_HOME's temporary server creates and migrates its database first: ~21 s
+#: on the project's 2-core machine, past Prefect's default of 20 s.
+PREFECT_SETTINGS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": 120,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": False,
+}
+
+
+@contextlib.contextmanager
+def project_prefect_settings():
+    """Prefect's settings context with :data:`PREFECT_SETTINGS` (those not set by the user)."""
+    import prefect.settings
+    from prefect.settings import temporary_settings
+
+    updates = {getattr(prefect.settings, name): value for name, value in PREFECT_SETTINGS.items()
+               if name not in os.environ}
+    with temporary_settings(updates=updates):
+        yield
 
 
 def quiet_logs(verbose: bool) -> None:
@@ -77,7 +86,9 @@ def quiet_logs(verbose: bool) -> None:
     still send their INFO logs to the Prefect UI) and TensorFlow's start-up stays quiet.
     Call before the first flow run (Prefect configures its logging then)."""
     if verbose:
-        os.environ["PIPELINE_TF_LOGS"] = "1"
+        from tasks.settings import override
+
+        override(tf_logs=True)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # new processes

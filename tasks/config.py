@@ -100,17 +100,68 @@ class SplitSpec(BaseModel):
     )
 
 
-#: Modules whose code decides what a trial computes (read as source, never imported here).
-TRAINING_CODE_MODULES = ("tasks.engine", "tasks.epochs", "tasks.backend_compiled",
-                         "tasks.backend_keras", "tasks.model")
+#: The modules whose code decides what a trial computes, by their *name in the key* (the name
+#: each had when trial keys were first derived) -> where the module lives now. The key hashes
+#: their content, never their location: moving a module changes no key (tests/test_trust.py).
+TRAINING_CODE: dict[str, str] = {
+    "tasks.engine": "tasks.engine.train",
+    "tasks.epochs": "tasks.engine.epochs",
+    "tasks.backend_compiled": "tasks.engine.backend_compiled",
+    "tasks.backend_keras": "tasks.engine.backend_keras",
+    "tasks.model": "tasks.engine.model",
+}
+#: Every module the training code imports from the project, where it lives now -> its name in
+#: the key, so that an import statement reads the same wherever the module went.
+KEY_NAMES: dict[str, str] = {module: name for name, module in TRAINING_CODE.items()} | {
+    "tasks.engine.tf_runtime": "tasks.tf_runtime",
+    "tasks.data.mnist": "tasks.data",
+}
 #: Packages whose versions decide it too.
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
 
 
+def _key_import_names(tree: ast.AST) -> None:
+    """Rewrite the project's import statements in ``tree`` to the modules' names in the key
+    (``from tasks.engine import backend_compiled`` reads ``from tasks import
+    backend_compiled``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module in KEY_NAMES:
+                node.module = KEY_NAMES[node.module]
+                continue
+            for alias in node.names:
+                moved = KEY_NAMES.get(f"{node.module}.{alias.name}")
+                if moved is not None:
+                    node.module, _, alias.name = moved.rpartition(".")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                alias.name = KEY_NAMES.get(alias.name, alias.name)
+    # import sorting orders the project's imports by where modules live; the key sees them in
+    # the order of their names in the key
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        start = 0
+        while start < len(body):
+            end = start
+            while end < len(body) and _project_import(body[end]):
+                end += 1
+            body[start:end] = sorted(body[start:end], key=lambda statement: statement.module)
+            start = end + 1
+
+
+def _project_import(statement: ast.stmt) -> bool:
+    return (isinstance(statement, ast.ImportFrom) and statement.level == 0
+            and (statement.module or "").split(".")[0] == "tasks")
+
+
 def _code_fingerprint(source: str) -> str:
-    """The module's syntax tree without docstrings: comments, docstrings and formatting do
-    not change a trial's numbers, so they do not change its key."""
+    """The module's syntax tree without docstrings, its project imports by their names in the
+    key: comments, docstrings, formatting and a module's location do not change a trial's
+    numbers, so they do not change its key."""
     tree = ast.parse(source)
+    _key_import_names(tree)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
@@ -123,11 +174,11 @@ def _code_fingerprint(source: str) -> str:
 @functools.cache
 def training_code_version() -> str:
     """Derived, never hand-kept: a hash of the training code's syntax trees
-    (:data:`TRAINING_CODE_MODULES`) and of the versions of :data:`TRAINING_PACKAGES`. A change
-    to how a trial is trained, or an upgrade of TensorFlow, gives every trial a new key."""
+    (:data:`TRAINING_CODE`) and of the versions of :data:`TRAINING_PACKAGES`. A change to how
+    a trial is trained, or an upgrade of TensorFlow, gives every trial a new key."""
     parts = []
-    for name in TRAINING_CODE_MODULES:
-        spec = importlib.util.find_spec(name)
+    for name, module in TRAINING_CODE.items():
+        spec = importlib.util.find_spec(module)
         with open(spec.origin, encoding="utf-8") as handle:
             parts.append(f"{name}:{_code_fingerprint(handle.read())}")
     for package in TRAINING_PACKAGES:

@@ -1,11 +1,13 @@
 """Command lines generated from the flows' own signatures: every option is declared once.
 
-A flow's parameters (their types, defaults and the ``Field`` descriptions of the models they
-take) are the single declaration: :func:`flow_parser` turns them into argparse options with
-help texts, and :func:`flow_arguments` turns the parsed options back into the flow's keyword
-arguments, validated, so a bad value fails in a second with one line (``error: dropout=1.5:
-must be less than 1``) before Prefect or TensorFlow start. The Prefect UI's run form and the
-server's parameter checks come from the same signature.
+A flow's parameters (their types, defaults, the ``Field`` descriptions of the models they
+take, and ``Annotated[..., Field(description=...)]`` on the plain ones) are the single
+declaration: :func:`flow_parser` turns them into argparse options with help texts, and
+:func:`flow_arguments` turns the parsed options back into the flow's keyword arguments,
+validated, so a bad value fails in a second with one line (``error: dropout=1.5: must be less
+than 1``) before Prefect or TensorFlow start. The Prefect UI's run form and the server's
+parameter checks come from the same signature. The options every flow shares are the fields
+of :class:`tasks.run_options.RunOptions` and :class:`tasks.run_options.FanOut`.
 
 A parameter typed as a model (``SearchSpace``, ``StudyPlan``, ``TrialConfig``) is *expanded*:
 one option per field (``--units 16 64``); an optional one (``study: StudyPlan | None``) also
@@ -21,51 +23,13 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from tasks.errors import UserError, as_user_error
 
-#: Help for the plain flow parameters, by name (shared by every flow that has one).
-HELP: dict[str, str] = {
-    "data": "Keras-format mnist.npz (default: $MNIST_PATH, else Keras' cache/download)",
-    "train_samples": "use only the first N training images (quick runs)",
-    "reports_dir": "where the run folder is written (default: ./reports or "
-                   "$PIPELINE_REPORTS_DIR)",
-    "data_dir": "processed data and trained weights (default: ./data or $PIPELINE_DATA_DIR)",
-    "epochs": "epochs of every trial (default: each part's own: 10)",
-    "backend": "compiled: whole epochs as one TensorFlow graph (fast); keras: the exercise's "
-               "model.fit (reference)",
-    "runner": "task runner: auto (one worker process per core for a large search, one thread "
-              "for a small one), threads (in this process), processes (worker processes) or "
-              "dask (prefect-dask)",
-    "workers": "trials trained at once (default: one per core for processes and dask, 1 for "
-               "threads)",
-    "dask_address": "with --runner dask: an existing scheduler, tcp://HOST:PORT (default: a "
-                    "local cluster of --workers processes)",
-    "max_failures": "trials that may still fail after their retries while the run counts as "
-                    "successful (0: any failed trial makes the run end Failed, exit status 1, "
-                    "after its report is written)",
-    "trials": "plain search: number of distinct random configs",
-    "draw_seed": "seed of the random draw of configs (a larger --trials or pool extends the "
-                 "smaller one)",
-    "study": "run the best-of-N study instead of a plain search",
-    "sampler": "tpe: Optuna's TPE (model-based, constant liar for the trials running at "
-               "once); random: uniform draws, for comparison",
-    "pruner": "stop hopeless trials after an epoch: median (below the median of earlier "
-              "trials at that epoch) or hyperband; none: every trial trains all its epochs",
-    "sampler_seed": "seed of the sampler (a resumed study continues from its own state)",
-    "study_name": "the Optuna study: a tune with the same name resumes and extends it",
-    "storage": "Optuna storage URL (default: $PIPELINE_OPTUNA_STORAGE, else "
-               "sqlite:///<data dir>/optuna.db)",
-}
 #: Option names that differ from the parameter or field name.
 OPTION_NAMES = {"n_values": "n", "seed": "train-seed", "sampler_seed": "seed"}
-#: Parameters that are never options (set by the composing flow, not by a person).
-HIDDEN = {"return_state"}
-GROUPS = {"data": "data and output", "train_samples": "data and output",
-          "reports_dir": "data and output", "data_dir": "data and output",
-          "epochs": "training", "backend": "training", "runner": "fan-out",
-          "workers": "fan-out", "dask_address": "fan-out", "max_failures": "fan-out"}
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -119,9 +83,17 @@ def _option(name: str) -> str:
     return "--" + OPTION_NAMES.get(name, name).replace("_", "-")
 
 
-def _metavar(name: str) -> str:
-    return {"data": "PATH", "reports_dir": "DIR", "data_dir": "DIR", "dask_address":
-            "tcp://HOST:PORT"}.get(name, OPTION_NAMES.get(name, name).replace("-", "_").upper())
+def _metavar(name: str, extra: dict | None = None) -> str:
+    return (extra or {}).get("metavar") or OPTION_NAMES.get(name, name).replace("-", "_").upper()
+
+
+def _described(annotation: Any) -> tuple[str | None, dict]:
+    """(description, json_schema_extra) of a parameter annotated ``Annotated[T, Field(...)]``."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, FieldInfo) and meta.description:
+            extra = meta.json_schema_extra if isinstance(meta.json_schema_extra, dict) else {}
+            return meta.description, extra
+    return None, {}
 
 
 def _model_parameters(flow) -> dict[str, tuple[type[BaseModel], bool, Any]]:
@@ -135,13 +107,12 @@ def _model_parameters(flow) -> dict[str, tuple[type[BaseModel], bool, Any]]:
 
 
 def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
-                hide: tuple[str, ...] = (), help_texts: dict[str, str] | None = None,
                 files: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """An argparse parser for ``flow``: one option per plain parameter, one per field of the
-    model parameters named in ``expand``; ``hide`` leaves parameters off the command line;
-    ``help_texts`` overrides :data:`HELP` for this flow; each name in ``files`` also gets
-    ``--NAME-file PATH`` (the model's fields from a file; options given with it win)."""
-    help_texts = HELP | (help_texts or {})
+    """An argparse parser for ``flow``: one option per plain parameter (its help: the
+    description of its ``Annotated[..., Field(description=...)]``), one per field of the model
+    parameters named in ``expand`` (grouped by their ``json_schema_extra`` group, else by
+    model); each name in ``files`` also gets ``--NAME-file PATH`` (the model's fields from a
+    file; options given with it win)."""
     parser = argparse.ArgumentParser(description=description)
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     models = _model_parameters(flow)
@@ -156,15 +127,15 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
     for name in expand:
         model, optional, default = models[name]
         title = f"{name.replace('_', ' ')} ({model.__name__})"
-        target = group(title)
         if optional:
-            target.add_argument(_option(name), action="store_true", default=argparse.SUPPRESS,
-                                help=help_texts[name])
+            help_text, _ = _described(hints[name])
+            group(title).add_argument(_option(name), action="store_true",
+                                      default=argparse.SUPPRESS, help=help_text)
         if name in files:
-            target.add_argument(f"{_option(name)}-file", dest=f"{name}_file", metavar="PATH",
-                                default=argparse.SUPPRESS,
-                                help=f"a TOML or JSON file of the {name}'s fields (those "
-                                     "below); options given beside it win")
+            group(title).add_argument(
+                f"{_option(name)}-file", dest=f"{name}_file", metavar="PATH",
+                default=argparse.SUPPRESS, help=f"a TOML or JSON file of the {name}'s fields "
+                                                "(those below); options given beside it win")
         base = default if isinstance(default, BaseModel) else None
         for field_name, field in model.model_fields.items():
             if field_name in plain:  # the flow's own parameter of that name wins (epochs)
@@ -172,15 +143,21 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
             value = getattr(base, field_name) if base is not None else field.get_default(
                 call_default_factory=True)
             help_text = field.description or field_name.replace("_", " ")
-            target.add_argument(_option(field_name), dest=f"{name}.{field_name}",
-                                **_argparse_kwargs(hints_of(model)[field_name], value,
-                                                   help_text, _metavar(field_name)))
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            group(extra.get("group", title)).add_argument(
+                _option(field_name), dest=f"{name}.{field_name}",
+                **_argparse_kwargs(hints_of(model)[field_name], value, help_text,
+                                   _metavar(field_name, extra)))
     for name, parameter in inspect.signature(flow.fn).parameters.items():
-        if name in models or name in HIDDEN or name in hide:
+        if name in models:
             continue
-        kwargs = _argparse_kwargs(hints[name], parameter.default, help_texts[name],
-                                  _metavar(name))
-        group(GROUPS.get(name, "search")).add_argument(_option(name), dest=name, **kwargs)
+        help_text, extra = _described(hints[name])
+        if help_text is None:
+            raise TypeError(f"flow parameter {name!r} needs Annotated[..., Field(description="
+                            "...)]: its help on the command line and in the UI")
+        kwargs = _argparse_kwargs(hints[name], parameter.default, help_text,
+                                  _metavar(name, extra))
+        group(extra.get("group", "search")).add_argument(_option(name), dest=name, **kwargs)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Prefect's and TensorFlow's own logs")
     return parser
@@ -217,7 +194,19 @@ def flow_arguments(flow, args: argparse.Namespace, expand: tuple[str, ...] = (),
             kwargs[name] = build(**values)
         except ValidationError as exc:
             raise as_user_error(exc) from None
-    for name in inspect.signature(flow.fn).parameters:
-        if name in given and name not in models:
-            kwargs[name] = given[name]
-    return kwargs
+    plain = {name: given[name] for name in inspect.signature(flow.fn).parameters
+             if name in given and name not in models}
+    check_plain_parameters(flow, plain)
+    return kwargs | plain
+
+
+def check_plain_parameters(flow, values: dict[str, Any]) -> None:
+    """Validate the flow's plain parameters against their annotations (bounds included), as
+    the Prefect server would, with one UserError line: ``epochs=0: must be greater than or
+    equal to 1``."""
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    fields = {name: (hints[name], ...) for name in values}
+    try:
+        create_model(f"{flow.name}-parameters", **fields).model_validate(values)
+    except ValidationError as exc:
+        raise as_user_error(exc) from None

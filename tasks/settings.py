@@ -1,11 +1,12 @@
 """The project's own settings: one typed object, the only reader of ``PIPELINE_*`` variables.
 
-Prefect's settings stay Prefect's (``prefect.toml`` at the project root: the temporary
-server's start-up timeout, analytics; ``PREFECT_*`` variables override them). TensorFlow's
-thread variables stay TensorFlow's (set per worker by :mod:`tasks.runners`).
+Prefect's settings stay Prefect's: the few the project needs for every command, from any
+working directory, are set by the command line (:data:`tasks.cli.PREFECT_SETTINGS`), and
+``PREFECT_*`` variables override them. TensorFlow's thread variables stay TensorFlow's (set
+per worker by :mod:`tasks.search.workers`).
 
-Every field can be set with its environment variable (the table in the README is checked
-against this class by a test):
+Every field can be set with its environment variable (the table in docs/settings.md is
+checked against this class by a test):
 """
 
 from __future__ import annotations
@@ -96,10 +97,21 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+#: This process's settings given by a command line's flags (``-v``), over the environment's.
+_OVERRIDES: dict[str, Any] = {}
+
+
+def override(**values: Any) -> None:
+    """Set fields for this process (a command line's flags, a worker's start-up), over what
+    the environment says. Worker processes get them from their runner (tasks.search.runners)."""
+    _OVERRIDES.update(Settings(**values).model_dump(include=set(values)))
+
+
 def current() -> Settings:
-    """The settings now (read from the environment: cheap, and what a worker process that
-    inherited the environment sees too)."""
-    return Settings.from_environment()
+    """The settings now: the environment's (cheap to read, and what a worker process that
+    inherited the environment sees too), with this process's overrides."""
+    settings = Settings.from_environment()
+    return settings.model_copy(update=_OVERRIDES) if _OVERRIDES else settings
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ from conftest import PROJECT_ROOT
 
 from flows.grid import grid_search
 from tasks.config import SplitSpec, trial_key
-from tasks.data import prepare_data
-from tasks.runners import make_task_runner, thread_report, threads_per_worker
-from tasks.search_space import expand_grid, make_space
-from tasks.training import train_trial
+from tasks.data.mnist import prepare_data
+from tasks.run_options import FanOut, RunOptions
+from tasks.search.runners import make_task_runner
+from tasks.search.space import expand_grid, make_space
+from tasks.search.workers import thread_report, threads_per_worker
+from tasks.trial.task import train_trial
 
 pytest.importorskip("prefect_dask")
 with_prefect_api = pytest.mark.usefixtures("prefect_harness")
@@ -42,13 +44,14 @@ def space(units, dropout=(0.0, 0.5), seed=7):
 
 
 def grid(mnist_file, tmp_path, grid_space, **runner):
-    folder = grid_search(space=grid_space, data=str(mnist_file),
-                         reports_dir=str(tmp_path / "reports"), **runner)
+    folder = grid_search(space=grid_space, fan_out=FanOut(**runner),
+                         run=RunOptions(data=str(mnist_file),
+                                        reports_dir=str(tmp_path / "reports")))
     return pd.read_parquet(Path(folder) / "trials.parquet")
 
 
 def test_auto_runner_starts_worker_processes_only_for_a_large_search():
-    from tasks.runners import choose_runner
+    from tasks.search.runners import choose_runner
 
     full_epoch = 60_000
     # the default study or grid on 2 cores: one worker process per core
@@ -69,7 +72,7 @@ def test_make_task_runner_builds_each_kind_with_its_share_of_cores():
     from prefect_dask import DaskTaskRunner
 
     from tasks.errors import UserError
-    from tasks.runners import init_worker
+    from tasks.search.workers import init_worker
 
     assert threads_per_worker(2, cores=16) == 8 and threads_per_worker(4, cores=2) == 1
     threads = make_task_runner("threads", workers=3)
@@ -99,23 +102,23 @@ def test_make_task_runner_builds_each_kind_with_its_share_of_cores():
 def test_the_command_line_checks_dask_address_before_prefect_starts():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.cli import check_runner
     from tasks.errors import UserError
+    from tasks.search.runners import check_api_for_cluster
 
     with pytest.raises(UserError, match="needs --runner dask"):
-        check_runner("threads", 1, "tcp://127.0.0.1:8786")
+        FanOut(runner="threads", workers=1, dask_address="tcp://127.0.0.1:8786")
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with pytest.raises(UserError, match="set PREFECT_API_URL"):
-            check_runner("dask", 1, "tcp://127.0.0.1:8786")
+            check_api_for_cluster("tcp://127.0.0.1:8786")
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
-        check_runner("dask", 1, "tcp://127.0.0.1:8786")
-    check_runner("dask", 2)  # a local cluster needs nothing
+        check_api_for_cluster("tcp://127.0.0.1:8786")
+    FanOut(runner="dask", workers=2)  # a local cluster needs nothing
 
 
 def test_the_worker_plugin_picks_threads_for_each_worker(monkeypatch):
     from types import SimpleNamespace
 
-    from tasks.runners import TensorFlowThreads
+    from tasks.search.dask_plugin import TensorFlowThreads
 
     def worker(address, nthreads=1):
         return SimpleNamespace(address=address, state=SimpleNamespace(nthreads=nthreads))
@@ -170,22 +173,22 @@ def test_dask_grid_matches_sequential_training_and_shares_the_threads_cache(
 def test_dask_workers_read_the_data_once_and_run_tensorflow_with_their_share_of_cores(
         mnist_file, tmp_path, capsys):
     def count_data_reads():  # runs on each worker: wrap the disk read of load_splits
-        import tasks.data
+        import tasks.data.mnist
 
-        if not hasattr(tasks.data, "reads_by_test"):
-            tasks.data.reads_by_test = []
-            read_split = tasks.data.read_split
+        if not hasattr(tasks.data.mnist, "reads_by_test"):
+            tasks.data.mnist.reads_by_test = []
+            read_split = tasks.data.mnist.read_split
 
             def counted(path):
-                tasks.data.reads_by_test.append(str(path))
+                tasks.data.mnist.reads_by_test.append(str(path))
                 return read_split(path)
 
-            tasks.data.read_split = counted
+            tasks.data.mnist.read_split = counted
 
     def data_reads():
-        import tasks.data
+        import tasks.data.mnist
 
-        return len(tasks.data.reads_by_test)
+        return len(tasks.data.mnist.reads_by_test)
 
     # A local cluster as make_task_runner builds it, used by the grid through its address.
     with make_task_runner("dask", workers=2) as cluster:

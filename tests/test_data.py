@@ -8,7 +8,7 @@ import pytest
 from conftest import synthetic_mnist, write_npz
 
 from tasks.config import SplitSpec
-from tasks.data import (
+from tasks.data.mnist import (
     check_mnist_file,
     load_splits,
     prepare_data,

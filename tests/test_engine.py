@@ -5,9 +5,9 @@ import pytest
 from conftest import synthetic_mnist
 
 from tasks.config import SplitSpec, TrialConfig
-from tasks.data import split_arrays
-from tasks.engine import train_model
-from tasks.model import build_model, load_model, predict_probabilities
+from tasks.data.mnist import split_arrays
+from tasks.engine.model import build_model, load_model, predict_probabilities
+from tasks.engine.train import train_model
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_compiled_step_is_keras_adam_on_the_keras_model(splits, tmp_path, activa
 
 
 def test_trainers_are_reused_across_trials_of_one_shape(splits):
-    from tasks import backend_compiled
+    from tasks.engine import backend_compiled
 
     backend_compiled.clear_trainers()
     first = TrialConfig(units=20, dropout=0.2, batch_size=64, epochs=1)

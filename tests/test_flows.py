@@ -11,24 +11,28 @@ import pytest
 from flows.grid import grid_search
 from flows.random_search import random_search
 from flows.train import baseline
-from tasks.best_of_n import make_study_plan
 from tasks.config import TrialConfig
 from tasks.errors import TrialsFailed
-from tasks.search_space import make_space
+from tasks.run_options import FanOut, RunOptions
+from tasks.search.best_of_n import make_study_plan
+from tasks.search.space import make_space
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def run_grid(mnist_file, tmp_path, **space):
     space = make_space(**{"batch_size": [100], "epochs": 1, **space})
-    folder = grid_search(space=space, data=str(mnist_file), reports_dir=str(tmp_path / "reports"))
+    folder = grid_search(space=space,
+                         run=RunOptions(data=str(mnist_file),
+                                        reports_dir=str(tmp_path / "reports")))
     return Path(folder), pd.read_parquet(Path(folder) / "trials.parquet")
 
 
 def test_baseline_flow_writes_the_full_report(mnist_file, tmp_path):
     config = TrialConfig(units=16, epochs=2, batch_size=100)
-    folder = Path(baseline(config=config, data=str(mnist_file),
-                           reports_dir=str(tmp_path / "reports")))
+    folder = Path(baseline(config=config,
+                           run=RunOptions(data=str(mnist_file),
+                                          reports_dir=str(tmp_path / "reports"))))
     assert folder.parent == tmp_path / "reports" and folder.name.startswith("baseline-")
     names = {p.name for p in folder.iterdir()}
     for expected in ("report.md", "history.png", "confusion_matrix.png", "history.parquet",
@@ -45,16 +49,16 @@ def test_baseline_flow_writes_the_full_report(mnist_file, tmp_path):
 
 def test_a_cached_baseline_whose_weights_are_gone_is_retrained(mnist_file, tmp_path, capsys):
     config = TrialConfig(units=19, batch_size=100, epochs=1)
-    first = Path(baseline(config=config, data=str(mnist_file),
-                          reports_dir=str(tmp_path / "r")))
+    first = Path(baseline(config=config,
+                          run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "r"))))
     trials = {p.parent.name: p for p in Path(os.environ["PIPELINE_DATA_DIR"]).glob(
         "trials/*/model.weights.npz")}
     summary = (first / "report.md").read_text()
     key = next(k for k in trials if k in summary)
     trials[key].unlink()  # the cache still holds the result; its weights are gone
     capsys.readouterr()
-    second = Path(baseline(config=config, data=str(mnist_file),
-                           reports_dir=str(tmp_path / "r")))
+    second = Path(baseline(config=config,
+                           run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "r"))))
     out = capsys.readouterr().out
     assert "weights are missing" in out and "trained in" in out
     assert trials[key].is_file() and (second / "model.weights.npz").is_file()
@@ -138,8 +142,9 @@ def test_a_permanent_failure_is_reported_and_the_run_ends_failed(mnist_file, tmp
     assert "2 failed" in capsys.readouterr().out
     # tolerated failures: the same run completes
     space = make_space(batch_size=[100], epochs=1, dropout=[0.0, 0.2], units=[13, 14])
-    grid_search(space=space, data=str(mnist_file), reports_dir=str(tmp_path / "tolerant"),
-                max_failures=2)
+    grid_search(space=space,
+                run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "tolerant")),
+        fan_out=FanOut(max_failures=2))
     # once the fault is gone, the failed cells train and the others come from the cache
     monkeypatch.delenv("PIPELINE_FAULTS")
     _, again = run_grid(mnist_file, tmp_path / "fixed", dropout=[0.0, 0.2], units=[13, 14])
@@ -150,8 +155,8 @@ def test_a_permanent_failure_is_reported_and_the_run_ends_failed(mnist_file, tmp
 def test_a_failed_run_ends_failed_in_prefect(mnist_file, tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_FAULTS", json.dumps([{"units": 21, "times": -1}]))
     space = make_space(batch_size=[100], epochs=1, dropout=[0.0], units=[21])
-    state = grid_search(space=space, data=str(mnist_file), return_state=True,
-                        reports_dir=str(tmp_path / "reports"))
+    state = grid_search(space=space, return_state=True,
+                        run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
     assert state.is_failed()
     assert state.message.endswith(f"1 of 1 trials failed (see report {only_report(tmp_path)})")
 
@@ -159,8 +164,9 @@ def test_a_failed_run_ends_failed_in_prefect(mnist_file, tmp_path, monkeypatch):
 def test_random_study_reuses_cached_trials_across_n_and_repeats(mnist_file, tmp_path, capsys):
     space = make_space(units=[9, 17], dropout=[0.0, 0.5], batch_size=[100], epochs=1)
     plan = make_study_plan(n_values=[2, 3], protocol="repeats", repeats=2)
-    folder = Path(random_search(space=space, study=plan, draw_seed=0, data=str(mnist_file),
-                                reports_dir=str(tmp_path / "r")))
+    folder = Path(random_search(space=space, study=plan, draw_seed=0,
+                                run=RunOptions(data=str(mnist_file),
+                                               reports_dir=str(tmp_path / "r"))))
     out = capsys.readouterr().out
     # 10 trainings asked for from a space of 4 configs: at most 4 are trained
     assert "10 trainings asked for, 4 distinct configurations" in out
@@ -172,12 +178,13 @@ def test_random_study_reuses_cached_trials_across_n_and_repeats(mnist_file, tmp_
     assert (study["max_test_mean"] >= study["val_selected_test_mean"] - 1e-12).all()
     assert (folder / "best_of_n.png").exists() and (folder / "hyperparameters.png").exists()
     # the same study again: everything from the cache; the pool protocol reuses them too
-    random_search(space=space, study=plan, draw_seed=0, data=str(mnist_file),
-                  reports_dir=str(tmp_path / "r"))
+    random_search(space=space, study=plan, draw_seed=0,
+                  run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "r")))
     assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
     pool = make_study_plan(n_values=[2, 3], protocol="pool", pool_size=4)
-    folder = Path(random_search(space=space, study=pool, draw_seed=3, data=str(mnist_file),
-                                reports_dir=str(tmp_path / "r")))
+    folder = Path(random_search(space=space, study=pool, draw_seed=3,
+                                run=RunOptions(data=str(mnist_file),
+                                               reports_dir=str(tmp_path / "r"))))
     assert "Random search done: 0 trained, 4 from cache" in capsys.readouterr().out
     study = pd.read_parquet(folder / "best_of_n.parquet")
     assert list(study["pool_size"]) == [4, 4]
@@ -188,8 +195,8 @@ def test_a_config_the_grid_trained_is_not_trained_again_by_random_search(
     run_grid(mnist_file, tmp_path, dropout=[0.0, 0.1], units=[20])
     capsys.readouterr()
     space = make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100], epochs=1)
-    random_search(space=space, trials=2, draw_seed=5, data=str(mnist_file),
-                  reports_dir=str(tmp_path / "r"))
+    random_search(space=space, trials=2, draw_seed=5,
+                  run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "r")))
     assert "Random search done: 0 trained, 2 from cache" in capsys.readouterr().out
 
 
@@ -220,7 +227,7 @@ def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
         baseline_config=TrialConfig(units=10, epochs=3, batch_size=100),
         grid=make_space(units=[10], dropout=[0.0, 0.5], batch_size=[100], epochs=5),
         random_space=space, study=make_study_plan(n_values=[2, 3], pool_size=4), epochs=1,
-        data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+        run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports"))))
     parts = {p.name.split("-")[0]: p for p in (tmp_path / "reports").iterdir() if p != folder}
     assert len(pd.read_parquet(parts["baseline"] / "history.parquet")) == 1
     for part in ("grid", "random"):
@@ -239,7 +246,7 @@ def test_an_opt_in_concurrency_tag_reaches_every_training_task(mnist_file, tmp_p
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
 
-    from tasks.training import concurrency_tags, train_trial_task
+    from tasks.trial.task import concurrency_tags, train_trial_task
 
     # off by default: a tagged task waits for Prefect's slot check before every start
     monkeypatch.delenv("PIPELINE_CONCURRENCY_TAG", raising=False)

@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -17,25 +16,59 @@ def test_ruff_check_passes():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-1000:]
 
 
-def test_no_import_cycle_between_project_modules():
-    """``tasks`` and ``flows`` form a layered graph: walk every module's project imports."""
+def project_imports() -> dict[str, set[str]]:
+    """Every module of ``tasks`` and ``flows`` -> what it imports (anywhere in its code, lazy
+    imports included): project modules by name, other packages by their top-level name."""
     import ast
 
-    modules = {}
+    names = {}
     for package in ("tasks", "flows"):
-        for path in (PROJECT_ROOT / package).glob("*.py"):
-            name = f"{package}.{path.stem}"
-            tree = ast.parse(path.read_text())
-            imported = set()
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    if node.module in ("tasks", "flows"):
-                        imported |= {f"{node.module}.{a.name}" for a in node.names}
-                    else:
-                        imported.add(node.module)
-                elif isinstance(node, ast.Import):
-                    imported |= {a.name for a in node.names}
-            modules[name] = {m for m in imported if m.split(".")[0] in ("tasks", "flows")}
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    modules = {}
+    for name, path in names.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # `from tasks.engine import backend_compiled`
+                    full = f"{node.module}.{alias.name}"
+                    imported.add(full if full in names else node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        modules[name] = {m if m.split(".")[0] in ("tasks", "flows") else m.split(".")[0]
+                         for m in imported}
+    return modules
+
+
+def reachable(modules: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in modules.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_layers_hold():
+    """The engine imports neither Prefect nor the reports nor the search; the search and the
+    trial never import the reports (lazy imports included, and whatever they import)."""
+    modules = project_imports()
+    assert len(modules) > 30, sorted(modules)
+    for name in modules:
+        below = reachable(modules, name)
+        if name.startswith("tasks.engine"):
+            assert not below & {"prefect", "prefect_dask", "distributed", "optuna"}, name
+            assert not {m for m in below if m.startswith(("tasks.reports", "tasks.search",
+                                                          "tasks.trial", "flows"))}, name
+        if name.startswith(("tasks.search", "tasks.trial", "tasks.data")):
+            assert not {m for m in below if m.startswith(("tasks.reports", "flows"))}, name
+
+
+def test_no_import_cycle_between_project_modules():
+    """``tasks`` and ``flows`` form a layered graph: walk every module's project imports."""
+    modules = project_imports()
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -56,4 +89,3 @@ def test_no_import_cycle_between_project_modules():
     for name in sorted(modules):
         if name not in state:
             visit(name)
-    assert len(modules) > 10, sys.path

@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import figures, figures_baseline, figures_grid, figures_random
+from tasks.reports.figures import baseline as figures_baseline
+from tasks.reports.figures import common as figures
+from tasks.reports.figures import grid as figures_grid
+from tasks.reports.figures import random_search as figures_random
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

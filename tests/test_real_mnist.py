@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from tasks.config import SplitSpec
-from tasks.data import load_mnist, load_splits, prepare_data, validate_mnist
+from tasks.data.mnist import load_mnist, load_splits, prepare_data, validate_mnist
+from tasks.run_options import RunOptions
 
 pytestmark = pytest.mark.real_data
 
@@ -30,17 +31,19 @@ def test_baseline_and_grid_on_real_data(real_mnist, tmp_path):
     from flows.grid import grid_search
     from flows.train import baseline
     from tasks.config import TrialConfig
-    from tasks.search_space import make_space
+    from tasks.search.space import make_space
 
     config = TrialConfig(epochs=2)  # the exercise's network and batch size, 2 epochs
-    folder = Path(baseline(config=config, data=str(real_mnist), train_samples=20000,
-                           reports_dir=str(tmp_path)))
+    folder = Path(baseline(config=config,
+                           run=RunOptions(data=str(real_mnist),
+                                          train_samples=20000, reports_dir=str(tmp_path))))
     evaluation = pd.read_parquet(folder / "evaluation.parquet")
     test = evaluation.set_index("")["Accuracy"]["Test"]
     assert test > 0.85
     space = make_space(dropout=[0.1], units=[64, 128], batch_size=[128], epochs=1)
-    grid = Path(grid_search(space=space, data=str(real_mnist), train_samples=20000,
-                            reports_dir=str(tmp_path)))
+    grid = Path(grid_search(space=space,
+                            run=RunOptions(data=str(real_mnist),
+                                           train_samples=20000, reports_dir=str(tmp_path))))
     trials = pd.read_parquet(grid / "trials.parquet")
     assert (trials["status"] == "completed").all()
     assert trials["test_accuracy"].min() > 0.88

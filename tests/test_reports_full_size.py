@@ -17,21 +17,21 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from tasks import figures, figures_random
-from tasks.best_of_n import (
+from tasks.config import TrialConfig, trial_key
+from tasks.errors import ReportError
+from tasks.reports.exercise import write_exercise_report
+from tasks.reports.figures import common as figures
+from tasks.reports.figures import random_search as figures_random
+from tasks.reports.grid import write_grid_report
+from tasks.reports.random_search import write_random_report
+from tasks.search.best_of_n import (
     NOTEBOOK_BEST_OF_N,
     StudyPlan,
-    draw_trial_keys,
     expected_best_of_n,
     study_configs,
 )
-from tasks.config import TrialConfig, trial_key
-from tasks.errors import ReportError
-from tasks.report_exercise import write_exercise_report
-from tasks.report_grid import write_grid_report
-from tasks.report_random import write_random_report
-from tasks.search_space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, expand_grid
-from tasks.training import TrialResult
+from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, expand_grid
+from tasks.trial.task import TrialResult
 
 FINGERPRINT = "f" * 20
 
@@ -87,7 +87,9 @@ def run_study(plan: StudyPlan, tmp_path: Path) -> tuple[Path, list[TrialResult],
     draws = study_configs(plan, DEFAULT_RANDOM_SPACE, seed=0)
     configs = [c for draw in draws.values() for c in draw]
     results = results_for(configs)
-    keys = draw_trial_keys(draws, results)
+    by_config = {r.config.canonical_json(): r.trial_key for r in results}
+    keys = {draw: [by_config[c.canonical_json()] for c in chosen]
+            for draw, chosen in draws.items()}
     folder = write_random_report(results, DEFAULT_RANDOM_SPACE, plan,
                                  [(n, r, k) for (n, r), k in keys.items()], tmp_path,
                                  len(configs))

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.best_of_n import (
+from tasks.errors import UserError
+from tasks.search.best_of_n import (
     StudyPlan,
     best_of_n_table,
     expected_best_of_n,
@@ -15,8 +16,7 @@ from tasks.best_of_n import (
     subset_count,
     trainings_needed,
 )
-from tasks.errors import UserError
-from tasks.search_space import (
+from tasks.search.space import (
     DEFAULT_GRID,
     DEFAULT_RANDOM_SPACE,
     expand_grid,

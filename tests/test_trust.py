@@ -16,10 +16,10 @@ import pytest
 from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
 
 from tasks import config as config_module
-from tasks.best_of_n import StudyPlan, study_configs
 from tasks.cli import INTERRUPTED
 from tasks.config import TrialConfig, trial_key
-from tasks.search_space import DEFAULT_RANDOM_SPACE, make_space, sample_configs
+from tasks.search.best_of_n import StudyPlan, study_configs
+from tasks.search.space import DEFAULT_RANDOM_SPACE, make_space, sample_configs
 
 
 # --------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def test_a_change_to_the_training_code_changes_every_trial_key(tmp_path, monkeyp
     source = '''"""A backend."""\n\ndef step(x):\n    return x * 2  # doubled\n'''
     module.write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(config_module, "TRAINING_CODE_MODULES", ("fake_backend",))
+    monkeypatch.setattr(config_module, "TRAINING_CODE", {"tasks.fake": "fake_backend"})
     config = TrialConfig()
 
     def key() -> str:
@@ -54,12 +54,48 @@ def test_a_change_to_the_training_code_changes_every_trial_key(tmp_path, monkeyp
     config_module.training_code_version.cache_clear()
 
 
-def test_the_real_code_version_covers_the_engine_and_the_libraries():
-    assert set(config_module.TRAINING_CODE_MODULES) >= {
-        "tasks.engine", "tasks.epochs", "tasks.backend_compiled", "tasks.backend_keras",
-        "tasks.model"}
+def test_every_engine_module_is_training_code():
+    engine = PROJECT_ROOT / "tasks" / "engine"
+    modules = {f"tasks.engine.{path.stem}" for path in engine.glob("*.py")
+               if path.stem not in ("__init__", "tf_runtime")}  # tf_runtime: threads, logs
+    assert set(config_module.TRAINING_CODE.values()) == modules
     assert set(config_module.TRAINING_PACKAGES) >= {"tensorflow", "keras"}
     assert len(config_module.training_code_version()) == 16
+
+
+def test_moving_a_module_changes_no_key():
+    """The key hashes the code, not where it lives: the engine's imports read the same under
+    the modules' names in the key, whatever their place and import order."""
+    import ast
+    import importlib.util
+
+    for module in config_module.TRAINING_CODE.values():
+        source = Path(importlib.util.find_spec(module).origin).read_text()
+        # the module as it was before the package layout: legacy import paths, legacy order
+        legacy = source
+        for now, name in config_module.KEY_NAMES.items():
+            parent, _, leaf = name.rpartition(".")
+            now_parent, _, now_leaf = now.rpartition(".")
+            legacy = legacy.replace(f"from {now_parent} import {now_leaf}\n",
+                                    f"from {parent} import {leaf}\n")
+            legacy = legacy.replace(f"from {now} import", f"from {name} import")
+        lines = legacy.splitlines(keepends=True)
+        imports = [i for i, line in enumerate(lines) if line.startswith("from tasks.")]
+        shuffled = list(lines)
+        for i, j in zip(imports, reversed(imports), strict=True):
+            shuffled[i] = lines[j]
+        assert (config_module._code_fingerprint("".join(shuffled))
+                == config_module._code_fingerprint(source)), module
+        # every project module the training code imports has a stable name in the key
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks"):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                stable = node.module in config_module.KEY_NAMES or node.module in STABLE
+                assert stable or all(n in config_module.KEY_NAMES for n in names), node.module
+
+
+#: Project modules the training code imports that have not moved since keys were defined.
+STABLE = {"tasks.config", "tasks.files"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +136,7 @@ def test_a_huge_space_is_drawn_without_a_permutation_and_keeps_the_prefix():
 def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
     """In a child process: slow writes (so that both runs are inside the rebuild at once),
     then prepare the data and read every split back."""
-    import tasks.data as data
+    import tasks.data.mnist as data
 
     real_write = data.write_split
 
@@ -119,7 +155,7 @@ def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
 
 
 def test_two_runs_rebuilding_damaged_data_do_not_break_each_other(tmp_path):
-    from tasks.data import prepare_data
+    from tasks.data.mnist import prepare_data
 
     mnist = str(write_npz(tmp_path / "mnist.npz", synthetic_mnist(n_train=300, n_test=10000)))
     handle, _ = prepare_data(mnist, None, tmp_path / "data")
@@ -144,17 +180,25 @@ def test_two_runs_rebuilding_damaged_data_do_not_break_each_other(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Prefect's settings: read from the project's prefect.toml, before Prefect starts
+# Settings that hold for every command, from any working directory
 # --------------------------------------------------------------------------------------------
-def test_prefect_reads_the_project_settings_before_it_starts(tmp_path):
+def test_the_project_settings_hold_from_another_working_directory(tmp_path):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PREFECT_SERVER_")}  # nothing from the environment
+           if not k.startswith(("PREFECT_SERVER_", "PIPELINE_"))}  # nothing from outside
     env["PREFECT_HOME"] = str(tmp_path / "fresh-home")
-    code = ("from prefect.settings import get_current_settings as s; "
-            "print(s().server.ephemeral.startup_timeout_seconds, s().server.analytics_enabled)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["120", "False"]  # Prefect's own defaults are 20 and True
+    code = ("from tasks.cli import project_prefect_settings\n"
+            "from tasks.settings import current\n"
+            "from tasks.trial.task import train_trial_task as t\n"
+            "from prefect.settings import get_current_settings as s\n"
+            "with project_prefect_settings():\n"
+            "    print(s().server.ephemeral.startup_timeout_seconds, "
+            "s().server.analytics_enabled, t.retries, t.retry_delay_seconds, "
+            "current().data_dir)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=5)
+    # Prefect's own defaults are 20 s, analytics on, no retries
+    assert out[:5] == ["120", "False", "2", "[2,", "8]"]
+    assert out[5].strip() == str(PROJECT_ROOT / "data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,11 +209,13 @@ def test_ctrl_c_exits_at_once_leaves_no_process_and_the_rerun_resumes(mnist_file
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PIPELINE_DATA_DIR=str(tmp_path / "data"),
                PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "home" / "storage"))
-    command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
+    command = [sys.executable, str(PROJECT_ROOT / "flows/grid.py"), "--data", str(mnist_file),
+               "--reports-dir",
                str(tmp_path / "reports"), "--dropout", "0", "0.1", "0.2", "0.3", "--units",
                "8", "16", "--batch-size", "16", "--epochs", "3", "--runner", "processes",
                "--workers", "2"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+    # from another working directory, as `cd /tmp && python /path/to/flows/grid.py` would
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
     for line in process.stdout:  # wait until two trials are done (their results stored)
@@ -192,7 +238,7 @@ def test_ctrl_c_exits_at_once_leaves_no_process_and_the_rerun_resumes(mnist_file
     print(f"Ctrl-C to exit: {seconds:.1f} s")
     assert seconds < 30  # it took ~150 s before; the figure itself is in the README
     # the rerun trains only what had not finished
-    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (summary,) = [line for line in done.stdout.splitlines() if line.startswith("Grid done")]

@@ -12,9 +12,10 @@ from flows.tune import main as tune_main
 from flows.tune import tune
 from tasks.config import SplitSpec, TrialConfig
 from tasks.errors import UserError
-from tasks.optuna_study import storage_url
-from tasks.search_space import make_space
-from tasks.tune_space import Dimension, make_tune_space, read_space_file
+from tasks.run_options import FanOut, RunOptions
+from tasks.search.optuna_storage import storage_url
+from tasks.search.space import make_space
+from tasks.search.tune_space import Dimension, make_tune_space, read_space_file
 
 TINY = {"units": "choice:20", "dropout": "choice:0,0.1", "activation": "choice:relu",
         "learning_rate": "choice:0.001", "batch_size": "choice:100", "epochs": 1}
@@ -44,8 +45,8 @@ def test_continuous_values_are_rounded_to_their_declared_precision():
 
 
 def test_the_default_space_is_the_notebooks_and_bad_dimensions_name_what_is_allowed(tmp_path):
-    from tasks.search_space import DEFAULT_RANDOM_SPACE
-    from tasks.tune_space import DEFAULT_TUNE_SPACE
+    from tasks.search.space import DEFAULT_RANDOM_SPACE
+    from tasks.search.tune_space import DEFAULT_TUNE_SPACE
 
     for name, dim in DEFAULT_TUNE_SPACE.dimensions().items():
         assert dim.kind == "choice" and dim.choices == getattr(DEFAULT_RANDOM_SPACE, name)
@@ -94,9 +95,10 @@ pytestmark_flows = pytest.mark.usefixtures("prefect_harness")
 
 
 def tiny_tune(mnist_file, tmp_path, study, trials, pruner="none", **space):
-    return Path(tune(space=make_tune_space(**{**TINY, **space}), trials=trials,
-                     pruner=pruner, study_name=study, data=str(mnist_file), runner="threads",
-                     reports_dir=str(tmp_path / "reports")))
+    return Path(tune(space=make_tune_space(**{**TINY, **space}), trials=trials, pruner=pruner,
+                     study_name=study,
+                     run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports")),
+                     fan_out=FanOut(runner="threads")))
 
 
 def load(study: str) -> optuna.Study:
@@ -108,7 +110,7 @@ def test_a_config_the_grid_trained_is_not_trained_again_by_a_tune(mnist_file, tm
                                                                      capsys):
     grid = Path(grid_search(space=make_space(units=[20], dropout=[0.0, 0.1], batch_size=[100],
                                              epochs=1),
-                            data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+        run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports"))))
     grid_val = pd.read_parquet(grid / "trials.parquet").set_index("dropout")["val_accuracy"]
     capsys.readouterr()
     # the space holds the grid's 2 configs; the third trial repeats one of them
@@ -151,25 +153,28 @@ def test_a_tune_resumes_and_a_larger_budget_trains_only_the_new_trials(mnist_fil
 
 @pytestmark_flows
 def test_trials_a_killed_tune_left_running_are_asked_again_first(mnist_file, tmp_path):
-    from tasks.data import prepare_data
-    from tasks.strategy_tpe import TuneSearch
+    from tasks.data.mnist import prepare_data
+    from tasks.search.tpe import TuneProposer
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
-    search = TuneSearch(make_tune_space(**{**TINY, "units": "int_log:8:64"}), trials=4,
-                        study_name="killed")
-    first = search.proposer(handle, "compiled")
-    config, link = first.ask()  # ... and the process dies: the trial stays RUNNING
+    space = make_tune_space(**{**TINY, "units": "int_log:8:64"})
+
+    def proposer() -> TuneProposer:
+        return TuneProposer(space, handle, "compiled", storage_url(), trials=4,
+                            study_name="killed")
+
+    asked = proposer().ask()  # ... and the process dies: the trial stays RUNNING
     assert load("killed").get_trials()[0].state == optuna.trial.TrialState.RUNNING
-    again = search.proposer(handle, "compiled")
+    again = proposer()
     assert load("killed").get_trials()[0].state == optuna.trial.TrialState.FAIL
-    assert again.ask()[0] == config and again.remaining() == 4
+    assert again.ask().config == asked.config and again.plan().trials == 4
 
 
 @pytestmark_flows
 def test_a_pruned_trial_is_kept_as_pruned_and_never_taken_for_a_complete_one(
         mnist_file, tmp_path, monkeypatch, capsys):
     # a pruner that stops every trial after its second epoch
-    monkeypatch.setattr("tasks.pruning.make_pruner", lambda name, epochs:
+    monkeypatch.setattr("tasks.trial.pruning.make_pruner", lambda name, epochs:
                         optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2))
     space = {"units": "choice:20,24", "epochs": 3}
     folder = tiny_tune(mnist_file, tmp_path, "pruned", trials=3, pruner="median", **space)
@@ -199,7 +204,7 @@ def test_a_pruned_trial_is_kept_as_pruned_and_never_taken_for_a_complete_one(
     dropouts = sorted({d for _, d in configs})
     grid = Path(grid_search(space=make_space(units=units, dropout=dropouts, batch_size=[100],
                                              epochs=3),
-                            data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+        run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports"))))
     cells = len(units) * len(dropouts)
     assert f"{cells} trained, 0 from cache" in capsys.readouterr().out
     full = pd.read_parquet(grid / "trials.parquet")
@@ -210,7 +215,7 @@ def test_a_pruned_trial_is_kept_as_pruned_and_never_taken_for_a_complete_one(
 def test_every_grid_and_random_run_is_an_optuna_study_with_its_figures(mnist_file, tmp_path):
     folder = Path(grid_search(space=make_space(units=[12, 24], dropout=[0.0, 0.3],
                                                batch_size=[100], epochs=1),
-                              data=str(mnist_file), reports_dir=str(tmp_path / "reports")))
+        run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports"))))
     frame = pd.read_parquet(folder / "trials.parquet")
     study = load(folder.name)
     assert study.user_attrs["kind"] == "grid"
@@ -225,7 +230,7 @@ def test_every_grid_and_random_run_is_an_optuna_study_with_its_figures(mnist_fil
         assert trial.value == pytest.approx(row["val_accuracy"])
         assert trial.user_attrs["test_accuracy"] == pytest.approx(row["test_accuracy"])
         assert trial.duration.total_seconds() == pytest.approx(row["train_seconds"], abs=0.01)
-    from tasks.optuna_study import varying
+    from tasks.reports.optuna_export import varying
 
     assert varying(study) == ["dropout", "units"]  # what the figures are drawn over
     importance = optuna.importance.get_param_importances(
@@ -240,9 +245,9 @@ def test_every_grid_and_random_run_is_an_optuna_study_with_its_figures(mnist_fil
 
 
 def test_the_pruned_status_is_not_a_completed_trial_anywhere():
-    from tasks.best_of_n import best_of_n_table
-    from tasks.report import trials_frame
-    from tasks.training import TrialResult
+    from tasks.reports.folder import trials_frame
+    from tasks.search.best_of_n import best_of_n_table
+    from tasks.trial.task import TrialResult
 
     config = TrialConfig(units=8, epochs=10)
     done = [TrialResult(trial_key=f"k{i}", config=config.model_copy(update={"seed": i}),
@@ -250,7 +255,7 @@ def test_the_pruned_status_is_not_a_completed_trial_anywhere():
                         test_accuracy=0.5 + i / 100) for i in range(3)]
     pruned = TrialResult(trial_key="p", config=config, data_fingerprint="f", status="pruned",
                          val_accuracy=0.99, history=[{"epoch": 1, "val_accuracy": 0.99}])
-    from tasks.best_of_n import StudyPlan
+    from tasks.search.best_of_n import StudyPlan
 
     table = best_of_n_table(StudyPlan(n_values=[2]), {(2, 0): ["k0", "k1", "k2", "p"]},
                             trials_frame([*done, pruned]))

@@ -1,0 +1,161 @@
+"""The baseline report: everything the exercise shows for its first network."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from tasks.reports.figures import baseline as plots
+from tasks.data.mnist import DataHandle, load_splits
+from tasks.engine.model import WEIGHTS_SUFFIX
+from tasks.reports.folder import (
+    RunFolder,
+    atomic_write_parquet,
+    atomic_write_text,
+    default_reports_dir,
+    evaluation_rows,
+    markdown_table,
+    publish_artifacts,
+)
+from tasks.trial.result import TrialResult
+
+MISCLASSIFIED_SHOWN = 10
+
+
+def predict_test(result: TrialResult, data: DataHandle) -> tuple[np.ndarray, str]:
+    """Test-set class probabilities of the trial's saved weights, and Keras' model summary."""
+    from tasks.engine.train import release_tensorflow_memory
+    from tasks.engine.model import load_model, model_summary, predict_probabilities
+
+    splits = load_splits(data)
+    model = load_model(result.config, result.weights_path, splits.x_test.shape[1])
+    probabilities = predict_probabilities(model, splits.x_test)
+    summary = model_summary(model)
+    del model
+    release_tensorflow_memory()
+    return probabilities, summary
+
+
+def write_baseline_report(
+    result: TrialResult,
+    data: DataHandle,
+    probabilities: np.ndarray,
+    reports_dir: str | os.PathLike | None = None,
+    summary: str = "",
+) -> Path:
+    """Write the baseline run folder and return its final path."""
+    splits = load_splits(data)
+    images = splits.x_test.reshape(-1, 28, 28)
+    labels = splits.y_test.astype(int)
+    predicted = probabilities.argmax(axis=1)
+    missed = np.nonzero(predicted != labels)[0]
+    history = pd.DataFrame(result.history)
+    evaluation = evaluation_rows(result)
+
+    with RunFolder(reports_dir or default_reports_dir(), "baseline") as run:
+        out = run.path
+        atomic_write_parquet(history, out / "history.parquet")
+        atomic_write_parquet(pd.DataFrame(evaluation), out / "evaluation.parquet")
+        if result.weights_path and Path(result.weights_path).exists():
+            shutil.copyfile(result.weights_path, out / f"model{WEIGHTS_SUFFIX}")
+        plots.plot_history(result.history, out / "history.png")
+        plots.plot_confusion(labels, predicted, out / "confusion_matrix.png")
+        plots.plot_predictions(probabilities[:10], images[:10], labels[:10],
+                               out / "first_test_images.png", "First 10 test images")
+        for number, index in enumerate(missed[:MISCLASSIFIED_SHOWN], start=1):
+            plots.plot_prediction(probabilities[index], images[index], int(labels[index]),
+                                  out / f"misclassified_{number:02d}.png")
+        plots.plot_misclassified_grid(images[missed[:32]], labels[missed[:32]],
+                                      predicted[missed[:32]], out / "misclassified_grid.png")
+        evaluation_text = markdown_table(evaluation, floatfmt=".4f")
+        atomic_write_text(out / "evaluation.txt", evaluation_text + "\n")
+        atomic_write_text(out / "model_summary.txt", summary + "\n")
+        markdown = baseline_markdown(result, evaluation_text, history, len(missed),
+                                     len(labels), run.final, summary)
+        atomic_write_text(out / "report.md", markdown)
+    publish_artifacts("evaluation", evaluation, summary_markdown(result, run.final), run.final,
+                      "Baseline: train / validation / test loss, accuracy, error rate")
+    return run.final
+
+
+def summary_markdown(result: TrialResult, folder: Path) -> str:
+    return (
+        f"## Baseline network\n\n`{result.config.label()}`\n\n"
+        f"- test accuracy **{result.test_accuracy:.4f}** "
+        f"(error rate {result.test_error_rate:.2f} %)\n"
+        f"- validation accuracy {result.val_accuracy:.4f}, best epoch {result.best_epoch} "
+        f"of {result.config.epochs}\n"
+        f"- trained in {result.train_seconds:.1f} s ({result.backend} backend)\n"
+        f"- report: `{folder}/report.md`\n"
+    )
+
+
+def baseline_markdown(result: TrialResult, evaluation_text: str, history: pd.DataFrame,
+                      n_missed: int, n_test: int, folder: Path, summary: str = "") -> str:
+    c = result.config
+    missed_images = "\n".join(
+        f"![misclassified {i}](misclassified_{i:02d}.png)"
+        for i in range(1, min(n_missed, MISCLASSIFIED_SHOWN) + 1)
+    )
+    return f"""# Baseline: MNIST with a fully connected network
+
+Dense({c.units}, {c.activation}) -> Dropout({c.dropout:g}) -> Dense(10) -> softmax; Adam
+(learning rate {c.learning_rate:g}), categorical cross-entropy, batch {c.batch_size},
+{c.epochs} epochs, seed {c.seed}. Data fingerprint `{result.data_fingerprint}`,
+trial key `{result.trial_key}`, {result.backend} backend, {result.train_seconds:.1f} s.
+
+## Model summary
+
+```
+{summary}
+```
+
+## Performance (best-validation weights, epoch {result.best_epoch})
+
+{evaluation_text}
+
+## Training history
+
+Training metrics are recomputed after each epoch *without* dropout, like the validation
+metrics, so the two curves are comparable.
+
+{markdown_table(history, floatfmt=".4f")}
+
+![history](history.png)
+
+## Confusion matrix
+
+![confusion matrix](confusion_matrix.png)
+
+## First 10 test images
+
+The true class's bar is orange; a wrong prediction's bar is red.
+
+![first test images](first_test_images.png)
+
+## Misclassified test images
+
+{n_missed} of {n_test} test images are misclassified. The first ones, one by one:
+
+{missed_images}
+
+And the first 32 as a 4 x 8 grid:
+
+![misclassified grid](misclassified_grid.png)
+
+Files: `history.parquet`, `evaluation.parquet`, `evaluation.txt`, `model_summary.txt`,
+`model{WEIGHTS_SUFFIX}` (load with `tasks.engine.model.load_model`).
+"""
+
+
+@task(name="baseline-report")
+def baseline_report_task(result: TrialResult, data: DataHandle,
+                         reports_dir: str | None = None) -> str:
+    """Predict the test set with the saved weights and write the baseline report."""
+    probabilities, summary = predict_test(result, data)
+    return str(write_baseline_report(result, data, probabilities, reports_dir, summary))

@@ -1,0 +1,243 @@
+"""Report writing: one folder per run under ``reports/``, tables (tabulate, Parquet), figures,
+``report.md`` and Prefect artifacts for the UI.
+
+A run folder is built under a hidden staging name and renamed into place when complete, so
+``reports/`` never holds a half-written report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from tasks.errors import ReportError
+from tasks.files import (  # noqa: F401  (re-exported)
+    atomic_write_parquet,
+    atomic_write_text,
+    check_writable_dir,
+)
+from tasks.trial.result import TrialResult
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Columns of ``trials.parquet``, in order (the same for grid and random search).
+TRIAL_COLUMNS = [
+    "trial_key", "units", "dropout", "activation", "learning_rate", "batch_size", "epochs",
+    "seed", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+    "test_accuracy", "test_error_rate", "best_epoch", "train_seconds", "param_count",
+    "backend", "data_fingerprint", "attempts", "cached", "status", "error", "weights_path",
+]
+HYPERPARAMETERS = ["units", "dropout", "activation", "learning_rate", "batch_size"]
+
+
+def default_reports_dir() -> Path:
+    from tasks.settings import current
+
+    return current().reports_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Files, written atomically
+# --------------------------------------------------------------------------------------------
+class RunFolder:
+    """A report folder that appears under ``reports_dir`` only once it is complete.
+
+    Use as a context manager: files go into :attr:`path` (a hidden staging folder); on a
+    clean exit it is renamed to :attr:`final`; on an exception it is removed, unless the
+    exception came from a :meth:`step` after the trials table was :meth:`keep`-marked: then
+    the folder is renamed into place with what was written and a ``REPORT_FAILED.txt`` that
+    names the step, and a :class:`ReportError` saying so is raised.
+    """
+
+    def __init__(self, reports_dir: str | os.PathLike, kind: str):
+        root = check_writable_dir(reports_dir)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.final = root / f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
+        self.path = root / f".staging-{self.final.name}"
+
+    def __enter__(self) -> RunFolder:
+        self.path.mkdir(parents=True)
+        self.kept: str | None = None
+        return self
+
+    def write_results(self, frame: pd.DataFrame, name: str = "trials.parquet") -> Path:
+        """The run's results, first of all: one row per trial as Parquet; from now on a failed
+        report step keeps the folder."""
+        path = atomic_write_parquet(frame, self.path / name)
+        self.keep(name)
+        return path
+
+    def keep(self, name: str) -> None:
+        """From now on a failed step keeps the folder: ``name`` (e.g. ``trials.parquet``)
+        holds the run's results."""
+        self.kept = name
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        """One named report step (a table, a figure). If it fails once the results are kept,
+        the run ends with one error line naming the step, not with a lost run."""
+        try:
+            yield
+        except Exception as exc:
+            if self.kept is None:
+                raise
+            message = (f"report step '{name}' failed ({type(exc).__name__}: {exc}); the "
+                       f"results are safe in {self.final / self.kept}; rerun the same command "
+                       "to rebuild the report from the cache")
+            atomic_write_text(self.path / "REPORT_FAILED.txt", message + "\n")
+            raise ReportError(message) from exc
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or (isinstance(exc, ReportError) and self.kept is not None):
+            os.rename(self.path, self.final)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def trials_frame(results: Sequence[TrialResult]) -> pd.DataFrame:
+    """One row per trial (all hyperparameters, metrics, timing, cached, status, key)."""
+    frame = pd.DataFrame([r.row() for r in results], columns=TRIAL_COLUMNS)
+    frame["cached"] = frame["cached"].astype(bool)
+    return frame
+
+
+def best_trial(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.Series | None:
+    """The completed trial with the highest ``by`` (validation accuracy: never test)."""
+    done = frame[(frame["status"] == "completed") & frame[by].notna()]
+    if done.empty:
+        return None
+    return done.loc[done[by].idxmax()]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]] | pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub-markdown table: floats with ``floatfmt``, strings exactly as given (so a
+    learning rate formatted as ``1e-05`` stays that way)."""
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict("records")
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, (float, np.floating)):
+            return "" if np.isnan(value) else format(float(value), floatfmt)
+        return value
+
+    rows = [{key: cell(value) for key, value in row.items()} for row in rows]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+
+
+def evaluation_rows(result: TrialResult) -> list[dict[str, Any]]:
+    """The exercise's Train/Validation/Test table: loss, accuracy, error rate %."""
+    rows = []
+    for name, prefix in (("Train", "train"), ("Validation", "val"), ("Test", "test")):
+        accuracy = getattr(result, f"{prefix}_accuracy")
+        rows.append({
+            "": name,
+            "Loss": getattr(result, f"{prefix}_loss"),
+            "Accuracy": accuracy,
+            "Error rate [%]": 100.0 * (1.0 - accuracy),
+        })
+    return rows
+
+
+def grid_lines(frame: pd.DataFrame) -> str:
+    """The exercise's grid printout, one line per cell."""
+    lines = []
+    for row in frame.itertuples():
+        if row.status != "completed":
+            lines.append(
+                f"dropout = {row.dropout:.2f}, {row.units} neurons -> FAILED ({row.error})"
+            )
+        else:
+            lines.append(
+                f"dropout = {row.dropout:.2f}, {row.units} neurons -> accuracy "
+                f"{row.test_accuracy:.3f}, error rate = {row.test_error_rate:.1f}%"
+            )
+    return "\n".join(lines)
+
+
+def results_table(frame: pd.DataFrame, sort_by: str | None = None) -> pd.DataFrame:
+    """The human table: hyperparameters, validation/test accuracy, error rate, source."""
+    columns = [*HYPERPARAMETERS, "epochs", "val_accuracy", "test_accuracy",
+               "test_error_rate", "train_seconds", "cached", "status"]
+    table = frame[columns].copy()
+    if sort_by:
+        table = table.sort_values(sort_by, ascending=False, na_position="last")
+    # hyperparameters as typed (1e-05, not 0.0000); metrics keep 4 decimals
+    for column in ("dropout", "learning_rate"):
+        table[column] = table[column].map(lambda v: f"{v:g}")
+    table["train_seconds"] = table["train_seconds"].map(
+        lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    return table.rename(columns={"test_error_rate": "test_error_%", "train_seconds": "seconds"})
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect artifacts (stable keys; tables as lists of dicts, which the UI renders)
+# --------------------------------------------------------------------------------------------
+def _clean(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else round(float(value), 5)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _in_run() -> bool:
+    from prefect.context import get_run_context
+
+    try:
+        get_run_context()
+    except Exception:
+        return False
+    return True
+
+
+def publish_table(key: str, table: pd.DataFrame | Sequence[dict[str, Any]],
+                  description: str) -> None:
+    """A table artifact (list of dicts, NaN as empty) under a stable key; no-op outside a
+    Prefect run."""
+    from prefect.artifacts import create_table_artifact
+
+    if not _in_run():
+        return
+    rows = table.to_dict("records") if isinstance(table, pd.DataFrame) else list(table)
+    rows = [{k: _clean(v) for k, v in row.items()} for row in rows]
+    create_table_artifact(rows, key=key, description=description)
+
+
+def publish_artifacts(
+    table_key: str,
+    table: pd.DataFrame | Sequence[dict[str, Any]],
+    summary_markdown: str,
+    folder: Path,
+    description: str,
+) -> None:
+    """A table artifact, a markdown summary and a link to the report. Outside a Prefect run
+    this does nothing."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    if not _in_run():
+        return
+    publish_table(table_key, table, description)
+    create_markdown_artifact(
+        summary_markdown, key=f"{table_key}-summary", description=f"{description}: summary"
+    )
+    create_link_artifact(
+        folder.resolve().as_uri() + "/report.md",
+        link_text=f"report.md in {folder}",
+        key=f"{table_key}-report",
+        description="the full report on disk (figures, tables, Parquet)",
+    )

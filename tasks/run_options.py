@@ -1,0 +1,103 @@
+"""How a run is carried out, whatever it searches: every shared run option, declared once.
+
+Each flow takes :class:`RunOptions` as its ``run`` parameter and, when it fans trials out,
+:class:`FanOut` as ``fan_out``. The command line (:mod:`tasks.options` turns each field into
+an option: ``--workers 2``), the Prefect UI's run form, the server's parameter schema and
+``prefect.yaml`` all come from these fields; their bounds are checked once, by pydantic, with
+a one-line error naming the value (``workers=0: must be greater than or equal to 1``).
+
+From a deployment, give a group as JSON: ``--param fan_out='{"workers": 2}'``; the fields
+left out keep their defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, SplitSpec
+from tasks.errors import UserError
+
+RunnerKind = Literal["auto", "threads", "processes", "dask"]
+
+#: The flows' top-level ``epochs`` (``prefect deployment run ... --param epochs=1``).
+Epochs = Annotated[PositiveInt | None, Field(
+    description="epochs of every trial (default: each part's own: 10)",
+    json_schema_extra={"group": "training"})]
+#: The seed of the random draws of configs (random search, best-of-N study).
+DrawSeed = Annotated[Seed, Field(
+    description="seed of the random draw of configs (a larger --trials or pool extends the "
+                "smaller one)")]
+
+_DATA = {"group": "data and output"}
+_TRAINING = {"group": "training"}
+_FAN_OUT = {"group": "fan-out"}
+
+
+class RunOptions(BaseModel):
+    """Where the data comes from and the results go, and which training backend runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str | None = Field(
+        None, json_schema_extra=_DATA | {"metavar": "PATH"},
+        description="Keras-format mnist.npz (default: $MNIST_PATH, else Keras' "
+                    "cache/download)")
+    train_samples: PositiveInt | None = Field(
+        None, json_schema_extra=_DATA, description="use only the first N training images "
+                                                   "(quick runs)")
+    reports_dir: str | None = Field(
+        None, json_schema_extra=_DATA | {"metavar": "DIR"},
+        description="where the run folder is written (default: ./reports or "
+                    "$PIPELINE_REPORTS_DIR)")
+    data_dir: str | None = Field(
+        None, json_schema_extra=_DATA | {"metavar": "DIR"},
+        description="processed data, trained weights and the Optuna storage (default: "
+                    "./data or $PIPELINE_DATA_DIR)")
+    backend: Backend = Field(
+        "compiled", json_schema_extra=_TRAINING,
+        description="compiled: whole epochs as one TensorFlow graph (fast); keras: the "
+                    "exercise's model.fit (reference)")
+
+    def split(self) -> SplitSpec:
+        """The data split these options ask for."""
+        return SplitSpec(train_samples=self.train_samples)
+
+    def optuna_storage(self, storage: str | None = None) -> str:
+        """The Optuna storage of this run: ``storage``, else ``$PIPELINE_OPTUNA_STORAGE``,
+        else ``optuna.db`` in the data directory (it moves with ``--data-dir``)."""
+        from tasks.search.optuna_storage import storage_url
+
+        return storage_url(storage, self.data_dir)
+
+
+class FanOut(BaseModel):
+    """How trials are spread over workers, and how many may fail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    runner: RunnerKind = Field(
+        "auto", json_schema_extra=_FAN_OUT,
+        description="task runner: auto (one worker process per core for a large search, one "
+                    "thread for a small one), threads (in this process), processes (worker "
+                    "processes) or dask (prefect-dask)")
+    workers: PositiveInt | None = Field(
+        None, json_schema_extra=_FAN_OUT,
+        description="trials trained at once (default: one per core for processes and dask, "
+                    "1 for threads)")
+    dask_address: str | None = Field(
+        None, json_schema_extra=_FAN_OUT | {"metavar": "tcp://HOST:PORT"},
+        description="with --runner dask: an existing scheduler, tcp://HOST:PORT (default: a "
+                    "local cluster of --workers processes)")
+    max_failures: NonNegativeInt | None = Field(
+        0, json_schema_extra=_FAN_OUT,
+        description="trials that may still fail after their retries while the run counts as "
+                    "successful (0: any failed trial makes the run end Failed, exit status 1, "
+                    "after its report is written)")
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> FanOut:
+        if self.dask_address and self.runner != "dask":
+            raise UserError(f"--dask-address needs --runner dask (not {self.runner})")
+        return self

@@ -1,0 +1,221 @@
+"""The one search loop: a *proposer* is asked for a config whenever a worker is free and told
+every result; the loop trains each config as the cached, retried trial task.
+
+Every search is a proposer (:class:`Proposer`): the grid, the random search and the best-of-N
+study are list proposers (:mod:`tasks.search.proposers`), the tune is Optuna's
+(:mod:`tasks.search.tpe`). The loop never asks which kind it has. It does what every search
+needs, once: size the task runner, keep up to ``workers`` trials in flight, never submit a
+config that is in flight or finished in this run (a repeat gets that trial's result), print
+one line per finished trial, keep a progress artifact, and count what was trained, came from
+the cache, was pruned or failed.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tasks.config import TrialConfig
+from tasks.console import say
+from tasks.data.mnist import DataHandle
+from tasks.run_options import FanOut, RunOptions
+from tasks.trial.pruning import TrialLink
+from tasks.trial.result import TrialResult, count_results, failed_result
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One config to train. ``link``: the Optuna trial a pruned worker reports its epochs to
+    (None: the worker reports to nobody); ``token``: the proposer's own handle on the ask."""
+
+    config: TrialConfig
+    link: TrialLink | None = None
+    token: Any = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a proposer knows before its first ask: the trials it will finish, their epochs,
+    and, for a list search, the configs themselves (so that the runner is sized by what is
+    not yet in the cache)."""
+
+    trials: int
+    epochs: int
+    configs: tuple[TrialConfig, ...] | None = None
+
+
+class Proposer(Protocol):
+    """A search, as the loop sees it (the model: Optuna's ask-and-tell)."""
+
+    #: short name: the progress artifact's key prefix
+    name: str
+    #: how the terminal calls it ("Grid", "Random search", "Tune")
+    title: str
+
+    def plan(self) -> Plan:
+        """What will be asked, as far as it is known in advance."""
+
+    def describe(self) -> str:
+        """One line saying what is about to be trained."""
+
+    def ask(self) -> Ask | None:
+        """The next config to train; None: nothing more."""
+
+    def tell(self, asked: Ask, result: TrialResult) -> None:
+        """The result (completed, pruned or failed) of an earlier ask."""
+
+    def results(self) -> list[TrialResult]:
+        """Every result told, in the order the search's report wants them."""
+
+
+def progress_line(result: TrialResult, done: int, total: int) -> str:
+    """One terminal line per finished trial."""
+    width = len(str(total))
+    head = f"[{done:>{width}}/{total}] {result.config.label()}"
+    if result.status == "failed":
+        return f"{head} -> FAILED: {result.error}"
+    if result.status == "pruned":
+        source = "cached" if result.cached else f"trained {result.train_seconds:.1f}s"
+        return (f"{head} -> pruned after epoch {len(result.history)}, val "
+                f"{result.val_accuracy:.4f} ({source})")
+    source = "cached" if result.cached else f"trained in {result.train_seconds:.1f}s"
+    return (
+        f"{head} -> val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} ({source})"
+    )
+
+
+def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
+                refresh: bool = False) -> tuple[str, int, str]:
+    """(runner kind, workers, the terminal's line about them) for ``plan``: a list search is
+    sized by what the cache does not hold (a rerun from the cache starts no worker pool), an
+    adaptive one by its number of trials."""
+    from tasks.search.runners import choose_runner
+    from tasks.trial.task import probably_cached
+
+    auto = " (chosen by --runner auto)" if fan_out.runner == "auto" else ""
+    if plan.configs is None:
+        work = plan.trials * plan.epochs * data.train_size
+        kind, workers = choose_runner(fan_out.runner, fan_out.workers, plan.trials, work)
+        return kind, workers, f"{plan.trials} trials to finish: {kind} x {workers}{auto}"
+    pending = [c for c in plan.configs if refresh or not probably_cached(c, data, backend)]
+    work = sum(config.epochs for config in pending) * data.train_size
+    kind, workers = choose_runner(fan_out.runner, fan_out.workers, len(pending), work)
+    total = len(plan.configs)
+    cached = f", {total - len(pending)} of them in the cache" if len(pending) < total else ""
+    line = f"{total} trials{cached}: {kind} x {workers}{auto}" if total > 1 else ""
+    return kind, workers, line
+
+
+def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOptions(),
+               fan_out: FanOut = FanOut(), refresh: bool = False) -> list[TrialResult]:
+    """Ask ``proposer`` for configs, train each as ``train_trial_task`` through the task runner
+    ``fan_out`` names, tell it every result; return ``proposer.results()``.
+
+    Must be called inside a flow. Never raises for a failed trial: it comes back with
+    ``status="failed"``. ``refresh`` trains even what the cache holds (and stores the new
+    result)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    from tasks.search.runners import make_task_runner
+
+    plan = proposer.plan()
+    say(proposer.describe())
+    kind, workers, line = size_runner(plan, data, fan_out, run.backend, refresh)
+    if line:
+        say(line)
+    total = plan.trials
+    progress_id = create_progress_artifact(
+        0.0, key=f"{proposer.name}-progress",
+        description=f"{total} trials finished, in percent")
+    trial_task = configured_task(refresh)
+    finished: dict[str, TrialResult] = {}
+    in_flight: dict[Any, Ask] = {}
+    waiting: dict[str, list[Ask]] = {}  # repeats of a config in flight
+    done = 0
+
+    def finish(asked: Ask, result: TrialResult) -> None:
+        nonlocal done
+        proposer.tell(asked, result)
+        done += 1
+        say(progress_line(result, done, total))
+        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+
+    with make_task_runner(kind, workers, fan_out.dask_address) as pool:
+        def fill() -> None:
+            while len(in_flight) < workers:
+                asked = proposer.ask()
+                if asked is None:
+                    return
+                name = asked.config.canonical_json()
+                if name in finished and finished[name].status == "completed":
+                    finish(asked, finished[name].model_copy(update={"cached": True}))
+                elif name in waiting:
+                    waiting[name].append(asked)
+                else:
+                    waiting[name] = []
+                    future = pool.submit(trial_task, parameters={
+                        "config": asked.config, "data": data, "backend": run.backend,
+                        "data_dir": run.data_dir, "link": asked.link})
+                    in_flight[future] = asked
+
+        fill()
+        while in_flight:
+            future = next(as_completed(list(in_flight)))
+            asked = in_flight.pop(future)
+            result = collect(future, asked.config, data, run.backend)
+            name = asked.config.canonical_json()
+            finished[name] = result
+            finish(asked, result)
+            for repeat in waiting.pop(name, []):
+                finish(repeat, result.model_copy(update={"cached": True}))
+            fill()
+    results = proposer.results()
+    say(f"{proposer.title} done: {count_results(results).summary()}")
+    return results
+
+
+def configured_task(refresh: bool = False):
+    """``train_trial_task`` with this run's options (concurrency tag, refresh)."""
+    from tasks.trial.task import concurrency_tags, train_trial_task
+
+    tags = concurrency_tags()
+    options: dict[str, Any] = {"tags": tags} if tags else {}
+    if refresh:
+        options["refresh_cache"] = True
+    return train_trial_task.with_options(**options) if options else train_trial_task
+
+
+def collect(future, config: TrialConfig, data: DataHandle, backend: str) -> TrialResult:
+    """The TrialResult of a finished trial future: its result (``cached`` when it came from
+    the cache), or a failed result naming the error."""
+    from prefect import get_run_logger
+
+    future.wait()  # records the final state on the future
+    state = future.state
+    if state.is_completed():
+        result = future.result()
+        return result.model_copy(update={"cached": state.name == "Cached"})
+    error = future.result(raise_on_failure=False)
+    if not isinstance(error, BaseException):
+        error = state.message or "failed"
+    get_run_logger().debug("trial failed: %s", "".join(traceback.format_exception(error))
+                           if isinstance(error, BaseException) else error)
+    return failed_result(config, data, backend, error)
+
+
+def finish_run(results: Sequence[TrialResult], report: str, tolerated: int | None = 0) -> str:
+    """Say where the report is, then raise :class:`TrialsFailed` (the flow run ends Failed)
+    when more than ``tolerated`` distinct trials failed (None: the caller counts, e.g. the
+    exercise over its parts). Returns ``report``."""
+    from tasks.errors import TrialsFailed
+
+    say(f"Report: {report}")
+    counts = count_results(results)
+    if tolerated is not None and counts.failed > tolerated:
+        allowed = f"; {tolerated} tolerated" if tolerated else ""
+        raise TrialsFailed(f"{counts.failed} of {counts.trials} trials failed{allowed} "
+                           f"(see report {report})")
+    return report

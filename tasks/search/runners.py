@@ -1,0 +1,203 @@
+"""Task runners for the fan-out: a choice, not a rewrite.
+
+``threads`` (default) trains in this process; ``processes`` spawns worker processes on this
+machine (Prefect's ProcessPoolTaskRunner); ``dask`` uses prefect-dask's DaskTaskRunner, with a
+local cluster of N worker processes or an existing scheduler (``tcp://host:8786``).
+
+Two things every worker process gets, whatever the runner:
+
+* TensorFlow thread counts set before TensorFlow starts, so that workers x intra-op threads
+  ~ cores (:func:`init_worker`; on Dask through the ``TensorFlowThreads`` worker plugin);
+* the parent's Prefect API. Without ``PREFECT_API_URL`` Prefect starts a temporary server
+  per *process*: every worker process would start its own (~5 s each, and a killed run
+  leaves them behind). The runners here hand the parent's temporary server to the workers
+  they start (:func:`shared_api_url`), so one run is one server, as with threads. An
+  existing Dask cluster needs a real server (:func:`check_api_for_cluster`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import get_args
+
+from tasks.errors import UserError
+from tasks.run_options import RunnerKind
+from tasks.search.workers import (
+    available_cores,
+    init_worker,
+    threads_per_worker,
+    worker_environment,
+)
+from tasks.settings import current
+
+RUNNERS: tuple[str, ...] = get_args(RunnerKind)
+#: ``auto`` starts worker processes once a search has at least this much training (trials x
+#: epochs x training images): below it, their start-up (~5 s) costs more than they save.
+AUTO_PROCESSES_MIN_WORK = 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# One Prefect API for the parent and its workers
+# --------------------------------------------------------------------------------------------
+def shared_api_url() -> str | None:
+    """The URL of this process's temporary Prefect server, for worker processes to use.
+
+    ``None`` where ``PREFECT_API_URL`` is set (the workers inherit it through Prefect's
+    settings) or where no temporary server applies. Inside a flow run this is the server the
+    run already uses; outside one it is the one Prefect starts for this process anyway.
+    """
+    from prefect.client.base import ServerType
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    client = get_client(sync_client=True)
+    if client.server_type != ServerType.EPHEMERAL or client.api_url.host not in (
+            "127.0.0.1", "localhost"):  # an in-process app has no address to share
+        return None
+    return str(client.api_url).rstrip("/")
+
+
+class _SharesPrefectAPI:
+    """Mixin for runners whose workers are other processes: while the runner is entered,
+    Prefect's settings (which travel with every submitted task, and into the environment of
+    process-pool workers) carry the parent's temporary server as ``PREFECT_API_URL``."""
+
+    def __enter__(self):
+        self._api_settings = contextlib.ExitStack()
+        url = shared_api_url()
+        if url:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            self._api_settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._api_settings.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._api_settings.close()
+
+
+def _process_pool_runner_class():
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    class ProcessRunner(_SharesPrefectAPI, ProcessPoolTaskRunner):
+        """ProcessPoolTaskRunner whose workers use the parent's Prefect API."""
+
+    return ProcessRunner
+
+
+def _dask_runner_class():
+    from prefect_dask import DaskTaskRunner
+
+    class DaskRunner(_SharesPrefectAPI, DaskTaskRunner):
+        """DaskTaskRunner that sets TensorFlow's threads on every worker and hands the
+        workers of its local cluster the parent's Prefect API."""
+
+        def __init__(self, *args, intra_op_threads: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.intra_op_threads = intra_op_threads
+
+        def duplicate(self):
+            twin = super().duplicate()
+            twin.intra_op_threads = self.intra_op_threads
+            return twin
+
+        def __enter__(self):
+            super().__enter__()
+            try:
+                client = self.client  # starts the local cluster, or connects
+                slots: Counter[str] = Counter()
+                if not self.intra_op_threads:
+                    from distributed.comm import get_address_host
+
+                    for address, info in client.scheduler_info()["workers"].items():
+                        slots[get_address_host(address)] += int(info.get("nthreads", 1))
+                from tasks.search.dask_plugin import TensorFlowThreads
+
+                plugin = TensorFlowThreads(self.intra_op_threads, dict(slots))
+                client.register_plugin(plugin)
+            except BaseException as exc:
+                self.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            return self
+
+    return DaskRunner
+
+
+def check_api_for_cluster(address: str) -> None:
+    """An existing cluster needs ``PREFECT_API_URL``: its workers outlive this command, and a
+    worker keeps Prefect clients (e.g. for tag concurrency slots) bound to the first API it
+    used, so with a temporary server per command every run after the first fails
+    (measured while training tasks carried a concurrency tag: ``Unable to acquire concurrency
+    slots on ['tag:tf-train']``)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UserError(
+            f"--dask-address {address}: set PREFECT_API_URL to a Prefect server that every "
+            "worker reaches (`prefect server start`, then PREFECT_API_URL=http://HOST:4200/api)"
+            "; the cluster's workers outlive this command's temporary server")
+
+
+def choose_runner(kind: str, workers: int | None, trials: int, work: int,
+                  cores: int | None = None) -> tuple[str, int]:
+    """Resolve ``auto`` and a missing worker count for a search with ``trials`` distinct
+    trials left to train and ``work`` = their epochs x training images.
+
+    ``auto``: one worker process per core for a large search (at least two trials per core
+    and :data:`AUTO_PROCESSES_MIN_WORK`; on the project's 2-core machine the default grid
+    trains 1.8x as fast so), else one thread in this process (no start-up). A missing
+    ``workers`` is one per core for ``processes`` and ``dask``, one for ``threads``.
+    """
+    cores = cores or available_cores()
+    if kind == "auto":
+        large = cores >= 2 and trials >= 2 * cores and work >= AUTO_PROCESSES_MIN_WORK
+        kind = "processes" if large else "threads"
+        if workers is None:
+            workers = cores if large else 1
+    if workers is None:
+        workers = 1 if kind == "threads" else cores
+    return kind, max(1, min(workers, max(trials, 1)))
+
+
+def make_task_runner(kind: str = "threads", workers: int = 1, dask_address: str | None = None):
+    """Build the task runner named ``kind`` (not ``auto``: see :func:`choose_runner`) with
+    ``workers`` workers.
+
+    ``dask`` with ``dask_address`` connects to that scheduler (``workers`` is then the
+    cluster's business: ``dask worker ADDRESS --nworkers N --nthreads 1``); without it, a
+    local cluster of ``workers`` processes with one Dask thread each is started and closed.
+    """
+    threads = threads_per_worker(workers)
+    if kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return _process_pool_runner_class()(
+            max_workers=workers, initializer=init_worker,
+            initargs=(threads, current().tf_logs)
+        )
+    if kind == "dask":
+        if dask_address:
+            check_api_for_cluster(dask_address)
+            return _dask_runner_class()(address=dask_address)
+        return _dask_runner_class()(
+            intra_op_threads=threads,
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": ":0",  # a free port: runs side by side never collide
+                "env": worker_environment(threads),  # set in each worker before it starts
+            },
+        )
+    raise ValueError(f"runner={kind!r}: allowed {', '.join(RUNNERS)}")

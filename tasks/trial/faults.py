@@ -1,0 +1,49 @@
+"""Which failures are worth another attempt, and fault injection to prove it.
+
+Transient: injected faults, flaky I/O (a shared filesystem, a full disk being cleaned), a
+lost worker. Anything else (bad data, a bad config, a bug) fails at once, with its message.
+Fault injection is for tests and demos: ``PIPELINE_FAULTS='[{"units": 16, "times": 1}]'``.
+"""
+
+from __future__ import annotations
+
+from tasks.config import TrialConfig
+from tasks.settings import current
+
+
+class TransientTrainingError(RuntimeError):
+    """A failure worth retrying (injected in tests; also raised for flaky I/O)."""
+
+
+#: Errors worth another attempt.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientTrainingError, OSError)
+#: Retries of a training task and the delays before them, in seconds (jittered by half).
+TRIAL_RETRIES = 2
+TRIAL_RETRY_DELAYS = [2, 8]
+
+
+def is_transient(error: object) -> bool:
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def retry_only_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed attempt only for a transient error."""
+    return is_transient(state.data)
+
+
+def maybe_inject_fault(config: TrialConfig, attempt: int) -> None:
+    """Raise a TransientTrainingError for configs matched by ``$PIPELINE_FAULTS``.
+
+    Each rule is a JSON object of config fields to match plus ``times``: the number of
+    attempts that fail (``-1``: every attempt), and optionally ``"error": "deterministic"``
+    to raise a ValueError instead, which is never retried.
+    """
+    fields = config.model_dump()
+    for rule in current().faults:
+        rule = dict(rule)
+        times = int(rule.pop("times", 1))
+        kind = rule.pop("error", "transient")
+        if all(fields.get(k) == v for k, v in rule.items()):
+            if times < 0 or attempt <= times:
+                error = ValueError if kind == "deterministic" else TransientTrainingError
+                raise error(f"injected {kind} fault for {config.label()} (attempt {attempt})")
