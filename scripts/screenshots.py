@@ -104,7 +104,7 @@ def find_run_and_artifacts(flow_run_id: str | None):
             )
             if not runs:
                 sys.exit("error: no completed grid-search flow run on this server; run one "
-                         "first (see README: Deployments, schedules and the UI)")
+                         "first (see docs/deployments.md)")
             run = runs[0]
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))

@@ -74,6 +74,6 @@ cat <<MSG
 
 Up. UI: $PREFECT_UI_URL
 In another shell:  source scripts/env.sh
-  prefect deployment run 'grid-search/mnist' --param space='{"dropout":[0.0,0.5],"units":[16,64],"batch_size":[100],"epochs":1}' --param train_samples=10000 --watch
+  prefect deployment run 'grid-search/mnist' --param space='{"dropout":[0.0,0.5],"units":[16,64],"batch_size":[100],"epochs":1}' --param run='{"train_samples":10000}' --watch
 Stop with:         scripts/down.sh
 MSG

@@ -25,7 +25,6 @@ Backend = Literal["compiled", "keras"]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0)]
-ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "sigmoid", "tanh")
 _WithEpochs = TypeVar("_WithEpochs", bound=BaseModel)
 
 

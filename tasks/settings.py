@@ -29,6 +29,10 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    mnist_path: str | None = Field(
+        None, json_schema_extra={"env": "MNIST_PATH"},
+        description="the Keras-format mnist.npz to use when --data is not given (unset: "
+                    "Keras' cache, downloaded once)")
     data_dir: Path = Field(
         PROJECT_ROOT / "data", json_schema_extra={"env": "PIPELINE_DATA_DIR"},
         description="processed splits (data/processed/) and each trial's weights "
@@ -61,7 +65,7 @@ class Settings(BaseModel):
             value = json.loads(value) if value.strip() else []
         return value
 
-    @field_validator("concurrency_tag", "optuna_storage", mode="before")
+    @field_validator("concurrency_tag", "optuna_storage", "mnist_path", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value.strip() or None if isinstance(value, str) else value
@@ -85,7 +89,7 @@ def environment_variables() -> dict[str, str]:
 
 
 def settings_table() -> str:
-    """The README's settings table, generated from :class:`Settings` (a test keeps the README
+    """The settings table of docs/settings.md, generated from :class:`Settings` (a test keeps it
     equal to it: ``python -m tasks.settings`` prints it)."""
     rows = ["| variable | default | what it sets |", "|---|---|---|"]
     for field in Settings.model_fields.values():

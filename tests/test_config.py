@@ -46,12 +46,32 @@ def test_split_rejects_non_positive_subset():
         make_split(train_samples=0)
 
 
-def test_the_readme_settings_table_is_generated_from_the_settings_object():
+def test_the_docs_settings_table_is_generated_from_the_settings_object():
     from conftest import PROJECT_ROOT
 
     from tasks.settings import settings_table
 
-    assert settings_table() in (PROJECT_ROOT / "README.md").read_text()
+    assert settings_table() in (PROJECT_ROOT / "docs" / "settings.md").read_text()
+
+
+def test_no_module_but_settings_reads_a_setting_variable():
+    """Every variable of :class:`Settings` is read by it alone: no other module names one in
+    its code (docstrings and help texts may mention them)."""
+    import ast
+
+    from conftest import PROJECT_ROOT
+
+    from tasks.settings import environment_variables
+
+    names = set(environment_variables().values())
+    readers = []
+    for path in [*(PROJECT_ROOT / "tasks").rglob("*.py"), *(PROJECT_ROOT / "flows").glob("*.py")]:
+        if path.name == "settings.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                readers.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.value}")
+    assert readers == []
 
 
 def test_settings_are_read_from_the_environment_in_one_place():

@@ -250,9 +250,12 @@ def test_deploy_run_and_read_back_artifacts(stack, mnist_file, tmp_path):
                              "--param", 'space={"dropout": [0.5], "epochs": 0}')
     assert rejected.returncode != 0
     assert "Validation failed for field 'space.epochs'" in rejected.stdout + rejected.stderr
-    rejected = stack.prefect("deployment", "run", GRID, "--param", 'backend="gpu"')
+    rejected = stack.prefect("deployment", "run", GRID, "--param", 'run={"backend": "gpu"}')
     assert rejected.returncode != 0
     assert "'gpu' is not one of ['compiled', 'keras']" in rejected.stdout + rejected.stderr
+    rejected = stack.prefect("deployment", "run", GRID, "--param", 'fan_out={"workers": 0}')
+    assert rejected.returncode != 0
+    assert "Validation failed for field 'fan_out.workers'" in rejected.stdout + rejected.stderr
     rejected = stack.prefect("deployment", "run", GRID, "--param", "epochs=0")
     assert rejected.returncode != 0
     assert "Validation failed for field 'epochs'" in rejected.stdout + rejected.stderr
@@ -264,10 +267,10 @@ def test_deploy_run_and_read_back_artifacts(stack, mnist_file, tmp_path):
         "deployment", "run", GRID,
         "--param", "epochs=1",
         "--param", f"space={json.dumps(space)}",
-        "--param", "train_samples=600",
-        "--param", f"data={json.dumps(str(mnist_file))}",
-        "--param", f"reports_dir={json.dumps(str(tmp_path / 'reports'))}",
-        "--param", f"data_dir={json.dumps(str(tmp_path / 'data'))}",
+        # the shared run options, as one group (the fields left out keep their defaults)
+        "--param", "run=" + json.dumps({"train_samples": 600, "data": str(mnist_file),
+                                        "reports_dir": str(tmp_path / "reports"),
+                                        "data_dir": str(tmp_path / "data")}),
         "--flow-run-name", "e2e-grid",
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -1,4 +1,5 @@
-"""Fast tests for tasks.plots: every figure is a valid PNG, saved atomically, figures closed."""
+"""Fast tests for tasks.reports.figures: every figure is a valid PNG, saved atomically,
+figures closed."""
 
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ def test_ctrl_c_exits_at_once_leaves_no_process_and_the_rerun_resumes(mnist_file
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"left running: {left}"
     print(f"Ctrl-C to exit: {seconds:.1f} s")
-    assert seconds < 30  # it took ~150 s before; the figure itself is in the README
+    assert seconds < 30  # it took ~150 s before the Ctrl-C handler
     # the rerun trains only what had not finished
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

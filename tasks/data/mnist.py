@@ -69,7 +69,9 @@ class Splits:
 # --------------------------------------------------------------------------------------------
 def resolve_mnist_path(path: str | os.PathLike | None = None) -> Path:
     """The MNIST file to use: ``path``, else ``$MNIST_PATH``, else Keras' cache/download."""
-    chosen = path or os.environ.get("MNIST_PATH")
+    from tasks.settings import current
+
+    chosen = path or current().mnist_path
     if chosen:
         return Path(chosen).expanduser()
     try:

@@ -7,6 +7,7 @@ machine) stays out of the terminal unless ``PIPELINE_TF_LOGS=1``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -74,8 +75,8 @@ def tensorflow():
                         devnull = os.open(os.devnull, os.O_WRONLY)
                         os.dup2(devnull, 2)
                         os.close(devnull)
-                    import keras  # noqa: F401  (imports tensorflow)
-                    import tensorflow  # noqa: F401
+                    importlib.import_module("keras")  # imports tensorflow, quietly
+                    importlib.import_module("tensorflow")
                 finally:
                     if saved is not None:
                         os.dup2(saved, 2)

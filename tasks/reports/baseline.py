@@ -15,13 +15,12 @@ from tasks.data.mnist import DataHandle, load_splits
 from tasks.engine.model import WEIGHTS_SUFFIX
 from tasks.reports.folder import (
     RunFolder,
-    atomic_write_parquet,
-    atomic_write_text,
     default_reports_dir,
     evaluation_rows,
     markdown_table,
     publish_artifacts,
 )
+from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.trial.result import TrialResult
 
 MISCLASSIFIED_SHOWN = 10

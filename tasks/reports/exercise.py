@@ -8,7 +8,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.reports.folder import RunFolder, atomic_write_text, default_reports_dir
+from tasks.files import atomic_write_text
+from tasks.reports.folder import RunFolder, default_reports_dir
 
 SECTIONS = (("Baseline", "baseline"), ("Grid search", "grid"), ("Random search", "random"))
 

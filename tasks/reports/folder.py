@@ -21,23 +21,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from tasks.errors import ReportError
-from tasks.files import (  # noqa: F401  (re-exported)
-    atomic_write_parquet,
-    atomic_write_text,
-    check_writable_dir,
-)
+from tasks.files import atomic_write_parquet, atomic_write_text, check_writable_dir
+from tasks.search.space import SEARCH_FIELDS
 from tasks.trial.result import TrialResult
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-#: Columns of ``trials.parquet``, in order (the same for grid and random search).
-TRIAL_COLUMNS = [
-    "trial_key", "units", "dropout", "activation", "learning_rate", "batch_size", "epochs",
-    "seed", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-    "test_accuracy", "test_error_rate", "best_epoch", "train_seconds", "param_count",
-    "backend", "data_fingerprint", "attempts", "cached", "status", "error", "weights_path",
-]
-HYPERPARAMETERS = ["units", "dropout", "activation", "learning_rate", "batch_size"]
 
 
 def default_reports_dir() -> Path:
@@ -109,7 +95,7 @@ class RunFolder:
 # --------------------------------------------------------------------------------------------
 def trials_frame(results: Sequence[TrialResult]) -> pd.DataFrame:
     """One row per trial (all hyperparameters, metrics, timing, cached, status, key)."""
-    frame = pd.DataFrame([r.row() for r in results], columns=TRIAL_COLUMNS)
+    frame = pd.DataFrame([r.row() for r in results], columns=TrialResult.columns())
     frame["cached"] = frame["cached"].astype(bool)
     return frame
 
@@ -169,7 +155,7 @@ def grid_lines(frame: pd.DataFrame) -> str:
 
 def results_table(frame: pd.DataFrame, sort_by: str | None = None) -> pd.DataFrame:
     """The human table: hyperparameters, validation/test accuracy, error rate, source."""
-    columns = [*HYPERPARAMETERS, "epochs", "val_accuracy", "test_accuracy",
+    columns = [*SEARCH_FIELDS, "epochs", "val_accuracy", "test_accuracy",
                "test_error_rate", "train_seconds", "cached", "status"]
     table = frame[columns].copy()
     if sort_by:

@@ -13,7 +13,6 @@ from tasks.reports.figures import grid as plots
 from tasks.reports.optuna_export import export_and_draw
 from tasks.reports.folder import (
     RunFolder,
-    atomic_write_text,
     best_trial,
     default_reports_dir,
     grid_lines,
@@ -22,6 +21,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
+from tasks.files import atomic_write_text
 from tasks.search.space import SEARCH_FIELDS, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 

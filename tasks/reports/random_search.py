@@ -13,11 +13,9 @@ from prefect import task
 from tasks.reports.figures import random_search as plots
 from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.reports.optuna_export import export_and_draw
+from tasks.search.space import SEARCH_FIELDS
 from tasks.reports.folder import (
-    HYPERPARAMETERS,
     RunFolder,
-    atomic_write_parquet,
-    atomic_write_text,
     best_trial,
     default_reports_dir,
     markdown_table,
@@ -26,6 +24,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
+from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.search.space import DEFAULT_RANDOM_SPACE, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 
@@ -58,7 +57,7 @@ def write_random_report(
             atomic_write_text(out / "trials.txt", table_text + "\n")
         with run.step("accuracy per hyperparameter figure"):
             plots.plot_accuracy_vs_hyperparameters(frame, out / "hyperparameters.png",
-                                                   HYPERPARAMETERS, value="val_accuracy")
+                                                   SEARCH_FIELDS, value="val_accuracy")
         study_text = ""
         best_of_n = None
         if plan is not None and draws:

@@ -12,7 +12,6 @@ from prefect import task
 
 from tasks.reports.folder import (
     RunFolder,
-    atomic_write_text,
     best_trial,
     default_reports_dir,
     markdown_table,
@@ -20,6 +19,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
+from tasks.files import atomic_write_text
 from tasks.trial.result import TrialResult, count_results
 from tasks.search.tune_space import TuneSpace
 

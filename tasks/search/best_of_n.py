@@ -59,7 +59,8 @@ def make_study_plan(**values) -> StudyPlan:
         raise as_user_error(exc) from None
 
 
-def study_configs(plan: StudyPlan, space: SearchSpace, seed: int) -> dict[tuple[int, int], list[TrialConfig]]:  # noqa: E501
+def study_configs(plan: StudyPlan, space: SearchSpace, seed: int
+                  ) -> dict[tuple[int, int], list[TrialConfig]]:
     """The draws of the study: ``{(N, repeat): configs}``; the pool protocol has one draw,
     keyed ``(pool_size, 0)``."""
     if plan.protocol == "pool":
@@ -77,7 +78,8 @@ def study_configs(plan: StudyPlan, space: SearchSpace, seed: int) -> dict[tuple[
     }
 
 
-def expected_best_of_n(selection: np.ndarray, reported: np.ndarray, n: int) -> tuple[float, float]:  # noqa: E501
+def expected_best_of_n(selection: np.ndarray, reported: np.ndarray, n: int
+                       ) -> tuple[float, float]:
     """Mean and standard deviation, over all size-``n`` subsets of the pool, of ``reported``
     for the subset's best trial by ``selection``.
 

@@ -1,4 +1,4 @@
-"""Search spaces: grid expansion, random sampling without repeats, and the best-of-N study.
+"""Search spaces of value lists: grid expansion, and random sampling without repeats.
 
 Declared in one place: :data:`DEFAULT_GRID` and :data:`DEFAULT_RANDOM_SPACE` are the original
 exercise's, and every flow takes its own as a parameter.
@@ -71,10 +71,11 @@ class SearchSpace(BaseModel):
                 "checkpoint": self.checkpoint}
 
     def describe(self) -> str:
-        return " x ".join(
-            f"{name} {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in getattr(self, name))}}}"  # noqa: E501
-            for name in SEARCH_FIELDS
-        )
+        def shown(value) -> str:
+            return f"{value:g}" if isinstance(value, float) else str(value)
+
+        return " x ".join(f"{name} {{{', '.join(map(shown, getattr(self, name)))}}}"
+                          for name in SEARCH_FIELDS)
 
 
 def make_space(**values) -> SearchSpace:

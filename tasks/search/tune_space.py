@@ -257,7 +257,8 @@ def read_space_file(path: str | Path) -> TuneSpace:
     try:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"space file {path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None  # noqa: E501
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise UserError(f"space file {path}: not valid {kind}: {exc}") from None
     if not isinstance(values, dict):
         raise UserError(f"space file {path}: expected a table of name = value")
     try:
@@ -268,9 +269,3 @@ def read_space_file(path: str | Path) -> TuneSpace:
 
 #: The notebook's space: every hyperparameter a choice among the exercise's values.
 DEFAULT_TUNE_SPACE = TuneSpace()
-#: A continuous space (examples/space.toml): the ranges of the exercise's values.
-CONTINUOUS_EXAMPLE = {
-    "learning_rate": "log_uniform:1e-5:1e-1:2",
-    "units": "int_log:8:512",
-    "dropout": "uniform:0:0.6:2",
-}

@@ -47,6 +47,11 @@ class TrialResult(BaseModel):
         """Test error rate in percent."""
         return None if self.test_accuracy is None else 100.0 * (1.0 - self.test_accuracy)
 
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The results table's columns, in order: every field of the trial key included."""
+        return list(cls(trial_key="", config=TrialConfig(), data_fingerprint="").row())
+
     def row(self) -> dict[str, Any]:
         """One flat row for the results table (Parquet)."""
         return {

@@ -3,22 +3,22 @@ class probabilities, misclassified images."""
 
 from __future__ import annotations
 
-import math  # noqa: F401
-from collections.abc import Sequence  # noqa: F401
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes  # noqa: F401
-from matplotlib.colors import Normalize  # noqa: F401
-from matplotlib.patches import Patch  # noqa: F401
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: F401
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from tasks.reports.figures import common as figures
 
 # --------------------------------------------------------------------------------------------
-# 1. Training history
+# Training history
 # --------------------------------------------------------------------------------------------
 _HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -60,7 +60,7 @@ def plot_history(history: list[dict], path: figures.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Confusion matrix
+# Confusion matrix
 # --------------------------------------------------------------------------------------------
 def confusion_percent(y_true: Any, y_pred: Any, n_classes: int = 10) -> np.ndarray:
     """Confusion matrix in percent of each *predicted* class (the notebook's normalisation).
@@ -135,7 +135,7 @@ def plot_confusion(
 
 
 # --------------------------------------------------------------------------------------------
-# 3. / 4. Predictions: image next to its class probabilities
+# Predictions: image next to its class probabilities
 # --------------------------------------------------------------------------------------------
 _PREDICTION_LEGEND = [
     Patch(color="C1", label="true class"),
@@ -292,7 +292,7 @@ def plot_prediction(probability: Any, image: Any, label: int, path: figures.Path
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Misclassified images
+# Misclassified images
 # --------------------------------------------------------------------------------------------
 @figures.locked
 def plot_misclassified_grid(

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: F401
 
 from tasks.files import atomic_path
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import math  # noqa: F401
-from collections.abc import Sequence  # noqa: F401
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes  # noqa: F401
-from matplotlib.colors import Normalize  # noqa: F401
-from matplotlib.patches import Patch  # noqa: F401
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: F401
+from matplotlib.colors import Normalize
 
 from tasks.reports.figures import common as figures
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Grid-search heatmap
+# Grid-search heatmap
 # --------------------------------------------------------------------------------------------
 @figures.locked
 def plot_grid_heatmap(

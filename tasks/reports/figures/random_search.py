@@ -3,22 +3,18 @@ accuracy per hyperparameter."""
 
 from __future__ import annotations
 
-import math  # noqa: F401
-from collections.abc import Sequence  # noqa: F401
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes  # noqa: F401
-from matplotlib.colors import Normalize  # noqa: F401
-from matplotlib.patches import Patch  # noqa: F401
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: F401
+from matplotlib.ticker import NullLocator
 
 from tasks.reports.figures import common as figures
 
 # --------------------------------------------------------------------------------------------
-# 7. Best-of-N estimate
+# Best-of-N estimate
 # --------------------------------------------------------------------------------------------
 _BEST_OF_N_COLUMNS = (
     "n",
@@ -97,7 +93,7 @@ def plot_best_of_n(df: pd.DataFrame, path: figures.PathLike,
 
 
 # --------------------------------------------------------------------------------------------
-# 8. Accuracy per hyperparameter
+# Accuracy per hyperparameter
 # --------------------------------------------------------------------------------------------
 @figures.locked
 def plot_accuracy_vs_hyperparameters(
