@@ -6,7 +6,8 @@ Each run is ``python flows/grid.py --dropout 0 --units 16 --epochs 1 --train-sam
 from the project root with an empty Prefect home (database created and migrated by the
 temporary server: ~21 s on the project's 2-core machine, past Prefect's default start-up
 timeout of 20 s, which the project's command lines raise to 120 s: PREFECT_SETTINGS in
-tasks.cli). Prints each run's exit status and wall time; the last line is ``cold starts: <ok> of <runs> succeeded``.
+tasks.cli). Prints each run's exit status and wall time; the last line is
+``cold starts: <ok> of <runs> succeeded``.
 """
 
 from __future__ import annotations
