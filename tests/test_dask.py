@@ -54,16 +54,41 @@ def test_auto_runner_starts_worker_processes_only_for_a_large_search():
     from tasks.search.runners import choose_runner
 
     full_epoch = 60_000
+    plenty = 10**12  # bytes of memory available: cores are the limit
     # the default study or grid on 2 cores: one worker process per core
-    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=2) == ("processes", 2)
-    assert choose_runner("auto", None, 25, 25 * 10 * full_epoch, cores=2) == ("processes", 2)
+    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=2,
+                         available=plenty) == ("processes", 2, "")
+    assert choose_runner("auto", None, 25, 25 * 10 * full_epoch, cores=2,
+                         available=plenty) == ("processes", 2, "")
     # a quick look, a rerun with 1 trial left, one core: one thread, no start-up
-    assert choose_runner("auto", None, 4, 4 * 2000, cores=2) == ("threads", 1)
-    assert choose_runner("auto", None, 1, 10 * full_epoch, cores=2) == ("threads", 1)
-    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=1) == ("threads", 1)
+    assert choose_runner("auto", None, 4, 4 * 2000, cores=2) == ("threads", 1, "")
+    assert choose_runner("auto", None, 1, 10 * full_epoch, cores=2) == ("threads", 1, "")
+    assert choose_runner("auto", None, 400, 400 * 10 * full_epoch, cores=1) == ("threads", 1, "")
     # explicit choices are kept; workers never exceed the trials
-    assert choose_runner("processes", None, 3, 0, cores=8) == ("processes", 3)
-    assert choose_runner("threads", 4, 10, 0, cores=2) == ("threads", 4)
+    assert choose_runner("processes", None, 3, 0, cores=8) == ("processes", 3, "")
+    assert choose_runner("threads", 4, 10, 0, cores=2) == ("threads", 4, "")
+
+
+def test_auto_runner_starts_no_more_workers_than_fit_in_memory():
+    from tasks.search.runners import WORKER_MEMORY, choose_runner, workers_that_fit
+
+    work = 400 * 10 * 60_000
+    # 16 cores, memory for 3 workers (and a bit): 3 worker processes, and the reason
+    assert choose_runner("auto", None, 400, work, cores=16,
+                         available=int(3.5 * WORKER_MEMORY)) == (
+        "processes", 3, "memory for 3 workers")
+    # memory for one: one thread in this process, no worker process
+    assert choose_runner("auto", None, 400, work, cores=16,
+                         available=WORKER_MEMORY + 1) == ("threads", 1, "memory for 1 worker")
+    assert workers_that_fit(WORKER_MEMORY // 2) == 1  # never none
+    # memory for all cores: the cores are the limit, no reason given
+    assert choose_runner("auto", None, 400, work, cores=16,
+                         available=16 * WORKER_MEMORY) == ("processes", 16, "")
+    # an explicit worker count is kept whatever the memory; so is an explicit runner
+    assert choose_runner("auto", 8, 400, work, cores=16,
+                         available=WORKER_MEMORY) == ("processes", 8, "")
+    assert choose_runner("processes", None, 400, work, cores=16,
+                         available=WORKER_MEMORY) == ("processes", 16, "")
 
 
 def test_make_task_runner_builds_each_kind_with_its_share_of_cores():

@@ -128,3 +128,66 @@ def test_load_splits_roundtrip(mnist_file, tmp_path):
 def test_mnist_path_environment_variable(mnist_file, monkeypatch):
     monkeypatch.setenv("MNIST_PATH", os.fspath(mnist_file))
     assert check_mnist_file(None) == mnist_file
+
+
+def _mapped_ranges(name: str) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of files called ``name``."""
+    ranges = []
+    with open("/proc/self/maps") as handle:
+        for line in handle:
+            if line.rstrip().endswith("/" + name):
+                low, high = line.split()[0].split("-")
+                ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def test_splits_are_read_only_views_on_the_mapped_file(mnist_file, tmp_path):
+    import gc
+
+    handle, _ = prepare_data(mnist_file, SplitSpec(test_size=200), tmp_path)
+    x, y = read_split(handle.path("train"))
+    copied_x, copied_y = read_split(handle.path("train"), copy=True)
+    gc.collect()  # the file object and Arrow's table are gone: the arrays keep the map
+    assert x.dtype == np.float32 and x.shape == (600, 784) and y.dtype == np.uint8
+    assert x.tobytes() == copied_x.tobytes() and y.tobytes() == copied_y.tobytes()
+    assert not x.flags.writeable and not y.flags.writeable
+    assert copied_x.flags.writeable  # the old way: a private copy
+    ranges = _mapped_ranges("train.arrow")
+    for array in (x, y):  # no copy: the arrays' memory is the file's mapping
+        start, end = array.ctypes.data, array.ctypes.data + array.nbytes
+        assert any(low <= start and end <= high for low, high in ranges)
+    with pytest.raises(ValueError, match="read-only"):
+        x[0, 0] = 1.0
+    splits = load_splits(handle)
+    assert not splits.x_train.flags.writeable and not splits.y_val.flags.writeable
+
+
+@pytest.mark.parametrize("backend", ["compiled", "keras"])
+def test_training_on_mapped_splits_is_bit_identical_to_copied_ones(mnist_file, tmp_path,
+                                                                    backend):
+    """The engine only reads the splits: one trial trained on the mapped (read-only) arrays
+    and on private copies gives exactly the same metrics, history and weights."""
+    from tasks.config import TrialConfig
+    from tasks.data.mnist import SPLITS, Splits
+    from tasks.engine.backend_compiled import clear_trainers
+    from tasks.engine.train import train_model
+
+    handle, _ = prepare_data(mnist_file, SplitSpec(test_size=200, train_samples=300), tmp_path)
+    config = TrialConfig(units=16, dropout=0.3, batch_size=64, epochs=2, learning_rate=3e-3)
+    outcomes = []
+    for copy in (True, False):
+        parts = [read_split(handle.path(split), copy=copy) for split in SPLITS]
+        splits = Splits(*parts[0], *parts[1], *parts[2])
+        assert splits.x_train.flags.writeable == copy
+        clear_trainers()  # each run builds its own trainer: only the arrays differ
+        outcomes.append(train_model(config, splits, backend=backend,
+                                    weights_path=tmp_path / f"{copy}.weights.npz"))
+    copied, mapped = outcomes
+    # repr: exact (shortest round-trip) floats, and NaN (metrics not computed) equals NaN
+    assert repr(mapped.metrics) == repr(copied.metrics)
+    assert repr(mapped.history) == repr(copied.history)
+    assert mapped.best_epoch == copied.best_epoch
+    with np.load(tmp_path / "True.weights.npz") as a, np.load(tmp_path / "False.weights.npz") as b:
+        assert a.files == b.files
+        for name in a.files:
+            assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes()

@@ -54,7 +54,8 @@ class DataHandle(BaseModel):
 
 @dataclass(frozen=True)
 class Splits:
-    """In-memory processed data: float32 pixels in [0, 1], shape (n, 784); int labels (n,)."""
+    """Processed data: float32 pixels in [0, 1], shape (n, 784); int labels (n,). From
+    :func:`load_splits` the arrays are read-only views on the memory-mapped files."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -224,17 +225,40 @@ def write_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
         writer.write_table(table)
 
 
-def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one split written by :func:`write_split` back to numpy (float32 (n, 784), uint8)."""
+def read_split(path: Path, copy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read one split written by :func:`write_split` as numpy (float32 (n, 784), uint8).
+
+    By default no copy is made: the arrays are read-only views on the memory-mapped Arrow
+    file, so their pages are the file's page cache, one copy shared by every process that
+    reads the split (each worker process of a search), not a private copy per process. The
+    arrays keep the mapping alive (numpy's ``base`` holds Arrow's buffer, which holds the
+    map) after the file object is closed. The file must not be rewritten in place while they
+    live (:func:`write_processed` never does: it renames a new directory into place).
+    ``copy``: private, writable arrays instead (how splits were read before; compared by
+    ``benchmarks/memory.py`` and the tests).
+    """
     import pyarrow as pa
 
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_file(source).read_all()
-    pixels = table.column("pixels").combine_chunks()
-    width = pixels.type.list_size
-    x = np.array(pixels.values.to_numpy(zero_copy_only=False), dtype=np.float32)
-    y = np.array(table.column("label").to_numpy(), dtype=np.uint8)
-    return x.reshape(-1, width), y
+    if copy:
+        pixels = table.column("pixels").combine_chunks()
+        x = np.array(pixels.values.to_numpy(zero_copy_only=False), dtype=np.float32)
+        y = np.array(table.column("label").to_numpy(), dtype=np.uint8)
+        return x.reshape(-1, pixels.type.list_size), y
+    pixels, labels = _one_chunk(table.column("pixels")), _one_chunk(table.column("label"))
+    if (pixels.null_count or pixels.values.null_count or labels.null_count
+            or pixels.type.value_type != pa.float32() or labels.type != pa.uint8()):
+        raise DataError(f"{path}: not a split written by this pipeline (nulls or wrong types)")
+    x = pixels.flatten().to_numpy(zero_copy_only=True)  # flatten: honours the array's offset
+    y = labels.to_numpy(zero_copy_only=True)
+    return x.reshape(-1, pixels.type.list_size), y
+
+
+def _one_chunk(column):
+    """The column as one array: its only chunk as it is (``combine_chunks`` copies even one),
+    or the chunks combined (a copy) if a file ever holds several record batches."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _manifest_ok(directory: Path) -> bool:
@@ -355,10 +379,11 @@ _LOADED: dict[str, Splits] = {}
 
 
 def load_splits(handle: DataHandle) -> Splits:
-    """The processed splits of ``handle``, read from disk once per process.
+    """The processed splits of ``handle``, read from disk once per process: read-only arrays
+    mapped from the files (:func:`read_split`), whose pages worker processes share.
 
     Only the most recent data set is kept, so a long-lived worker switching data sets does
-    not accumulate copies.
+    not keep mappings of old ones.
     """
     cached = _LOADED.get(handle.fingerprint)
     if cached is not None:

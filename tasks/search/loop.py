@@ -21,6 +21,7 @@ from tasks.config import TrialConfig
 from tasks.console import say
 from tasks.data.mnist import DataHandle
 from tasks.run_options import FanOut, RunOptions
+from tasks.trial.faults import TRIAL_RETRIES, is_worker_loss
 from tasks.trial.pruning import TrialLink
 from tasks.trial.result import TrialResult, count_results, failed_result
 
@@ -94,17 +95,22 @@ def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
     from tasks.search.runners import choose_runner
     from tasks.trial.task import probably_cached
 
-    auto = " (chosen by --runner auto)" if fan_out.runner == "auto" else ""
+    def chosen(limit: str) -> str:
+        if fan_out.runner != "auto":
+            return ""
+        return f" (chosen by --runner auto; {limit})" if limit else " (chosen by --runner auto)"
+
     if plan.configs is None:
         work = plan.trials * plan.epochs * data.train_size
-        kind, workers = choose_runner(fan_out.runner, fan_out.workers, plan.trials, work)
-        return kind, workers, f"{plan.trials} trials to finish: {kind} x {workers}{auto}"
+        kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, plan.trials, work)
+        return (kind, workers,
+                f"{plan.trials} trials to finish: {kind} x {workers}{chosen(limit)}")
     pending = [c for c in plan.configs if refresh or not probably_cached(c, data, backend)]
     work = sum(config.epochs for config in pending) * data.train_size
-    kind, workers = choose_runner(fan_out.runner, fan_out.workers, len(pending), work)
+    kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, len(pending), work)
     total = len(plan.configs)
     cached = f", {total - len(pending)} of them in the cache" if len(pending) < total else ""
-    line = f"{total} trials{cached}: {kind} x {workers}{auto}" if total > 1 else ""
+    line = f"{total} trials{cached}: {kind} x {workers}{chosen(limit)}" if total > 1 else ""
     return kind, workers, line
 
 
@@ -133,7 +139,10 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
     trial_task = configured_task(refresh)
     finished: dict[str, TrialResult] = {}
     in_flight: dict[Any, Ask] = {}
+    running: set[str] = set()  # configs in flight
     waiting: dict[str, list[Ask]] = {}  # repeats of a config in flight
+    again: list[Ask] = []  # trials a lost worker held, to submit first on a fresh pool
+    losses: dict[str, int] = {}  # config -> times its worker was lost
     done = 0
 
     def finish(asked: Ask, result: TrialResult) -> None:
@@ -143,38 +152,86 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
         say(progress_line(result, done, total))
         update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
 
-    with make_task_runner(kind, workers, fan_out.dask_address) as pool:
-        def fill() -> None:
-            while len(in_flight) < workers:
-                asked = proposer.ask()
-                if asked is None:
-                    return
-                name = asked.config.canonical_json()
-                if name in finished and finished[name].status == "completed":
-                    finish(asked, finished[name].model_copy(update={"cached": True}))
-                elif name in waiting:
-                    waiting[name].append(asked)
-                else:
-                    waiting[name] = []
-                    future = pool.submit(trial_task, parameters={
-                        "config": asked.config, "data": data, "backend": run.backend,
-                        "data_dir": run.data_dir, "link": asked.link})
-                    in_flight[future] = asked
+    def settle(asked: Ask, result: TrialResult) -> None:
+        name = asked.config.canonical_json()
+        running.discard(name)
+        finished[name] = result
+        finish(asked, result)
+        for repeat in waiting.pop(name, []):
+            finish(repeat, result.model_copy(update={"cached": True}))
 
-        fill()
-        while in_flight:
-            future = next(as_completed(list(in_flight)))
-            asked = in_flight.pop(future)
-            result = collect(future, asked.config, data, run.backend)
-            name = asked.config.canonical_json()
-            finished[name] = result
-            finish(asked, result)
-            for repeat in waiting.pop(name, []):
-                finish(repeat, result.model_copy(update={"cached": True}))
+    def next_ask() -> Ask | None:
+        return again.pop(0) if again else proposer.ask()
+
+    while True:
+        with make_task_runner(kind, workers, fan_out.dask_address) as pool:
+            def fill() -> None:
+                while len(in_flight) < workers:
+                    asked = next_ask()
+                    if asked is None:
+                        return
+                    name = asked.config.canonical_json()
+                    if name in finished and finished[name].status == "completed":
+                        finish(asked, finished[name].model_copy(update={"cached": True}))
+                    elif name in running:
+                        waiting.setdefault(name, []).append(asked)
+                    else:
+                        running.add(name)
+                        future = pool.submit(trial_task, parameters={
+                            "config": asked.config, "data": data, "backend": run.backend,
+                            "data_dir": run.data_dir, "link": asked.link})
+                        in_flight[future] = asked
+
             fill()
+            lost: BaseException | None = None
+            while in_flight and lost is None:
+                future = next(as_completed(list(in_flight)))
+                lost = lost_worker(future)
+                if lost is None:
+                    asked = in_flight.pop(future)
+                    settle(asked, collect(future, asked.config, data, run.backend))
+                    fill()
+        if lost is None:
+            break
+        # a worker process died (the OOM killer, kill -9): the pool is gone with every trial
+        # it held; they are retried on a fresh pool, within the trial's retry budget
+        held = list(in_flight.values())
+        in_flight.clear()
+        running.difference_update(asked.config.canonical_json() for asked in held)
+        retried = []
+        for asked in held:
+            name = asked.config.canonical_json()
+            losses[name] = losses.get(name, 0) + 1
+            if losses[name] > TRIAL_RETRIES:
+                settle(asked, failed_result(asked.config, data, run.backend,
+                                            f"worker lost {losses[name]} times: {lost}"))
+            else:
+                retried.append(asked)
+        again[:0] = retried
+        say(f"worker lost ({describe_loss(lost)}); retrying {len(retried)} trial(s) on a "
+            f"fresh {kind} pool" + (f", {len(held) - len(retried)} failed after "
+                                     f"{TRIAL_RETRIES} retries" if len(retried) < len(held)
+                                     else ""))
     results = proposer.results()
     say(f"{proposer.title} done: {count_results(results).summary()}")
     return results
+
+
+def lost_worker(future) -> BaseException | None:
+    """The error of a trial future whose worker process died (a process pool broken by a
+    killed worker, a Dask worker lost too often), else None: a failed *trial* is not this."""
+    wrapped = getattr(future, "wrapped_future", None)  # the runner's own future
+    if wrapped is None:
+        return None
+    try:
+        error = wrapped.exception(timeout=0)
+    except Exception as exc:  # a future that cannot say is treated as its error
+        error = exc
+    return error if is_worker_loss(error) else None
+
+
+def describe_loss(error: BaseException) -> str:
+    return f"{type(error).__name__}: killed by signal 9 or the OOM killer?"
 
 
 def configured_task(refresh: bool = False):

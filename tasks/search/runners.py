@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import get_args
+from typing import NamedTuple, get_args
 
 from tasks.errors import UserError
 from tasks.run_options import RunnerKind
@@ -35,6 +35,13 @@ RUNNERS: tuple[str, ...] = get_args(RunnerKind)
 #: ``auto`` starts worker processes once a search has at least this much training (trials x
 #: epochs x training images): below it, their start-up (~5 s) costs more than they save.
 AUTO_PROCESSES_MIN_WORK = 1_000_000
+#: Memory of its own (bytes) one worker process needs, for ``auto`` to count how many fit in
+#: the available memory. Measured by benchmarks/memory.py (a 2 x 2 grid at 256/512 units on
+#: the full MNIST, processes x 2, two runs): a worker's peak USS (Private_Clean + Private_Dirty
+#: from /proc/PID/smaps_rollup) was 780-989 MiB (0.82-1.04 GB; the higher while it alone
+#: mapped the splits), its anonymous memory 780 MiB; rounded up to 1.1 GB. The splits are one
+#: copy in the page cache (0.23 GB) shared by all workers (tasks.data.mnist.read_split).
+WORKER_MEMORY = 1_100_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,25 +154,54 @@ def check_api_for_cluster(address: str) -> None:
             "; the cluster's workers outlive this command's temporary server")
 
 
+class RunnerChoice(NamedTuple):
+    """What :func:`choose_runner` decided; ``limit``: why ``auto`` started fewer workers than
+    it would have (e.g. ``memory for 3 workers``), else empty."""
+
+    kind: str
+    workers: int
+    limit: str = ""
+
+
+def workers_that_fit(available: int | None = None) -> int:
+    """Worker processes whose memory fits in ``available`` bytes (default: what the machine
+    has available now, ``psutil.virtual_memory().available``), at least one."""
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    return max(1, int(available // WORKER_MEMORY))
+
+
 def choose_runner(kind: str, workers: int | None, trials: int, work: int,
-                  cores: int | None = None) -> tuple[str, int]:
+                  cores: int | None = None, available: int | None = None) -> RunnerChoice:
     """Resolve ``auto`` and a missing worker count for a search with ``trials`` distinct
     trials left to train and ``work`` = their epochs x training images.
 
     ``auto``: one worker process per core for a large search (at least two trials per core
     and :data:`AUTO_PROCESSES_MIN_WORK`; on the project's 2-core machine the default grid
-    trains 1.8x as fast so), else one thread in this process (no start-up). A missing
-    ``workers`` is one per core for ``processes`` and ``dask``, one for ``threads``.
+    trains 1.8x as fast so), else one thread in this process (no start-up); with no more
+    workers than fit in the available memory (``available`` bytes, default: the machine's
+    now; :data:`WORKER_MEMORY` each), and one thread if only one fits. A missing ``workers``
+    is one per core for ``processes`` and ``dask``, one for ``threads``. A given ``workers``
+    is kept (at most one per trial).
     """
     cores = cores or available_cores()
+    limit = ""
     if kind == "auto":
         large = cores >= 2 and trials >= 2 * cores and work >= AUTO_PROCESSES_MIN_WORK
-        kind = "processes" if large else "threads"
         if workers is None:
             workers = cores if large else 1
+            if large:
+                fit = workers_that_fit(available)
+                if fit < min(workers, trials):
+                    workers = fit
+                    limit = f"memory for {fit} worker{'s' if fit > 1 else ''}"
+                    large = fit >= 2
+        kind = "processes" if large else "threads"
     if workers is None:
         workers = 1 if kind == "threads" else cores
-    return kind, max(1, min(workers, max(trials, 1)))
+    return RunnerChoice(kind, max(1, min(workers, max(trials, 1))), limit)
 
 
 def make_task_runner(kind: str = "threads", workers: int = 1, dask_address: str | None = None):

@@ -26,6 +26,14 @@ def is_transient(error: object) -> bool:
     return isinstance(error, TRANSIENT_ERRORS)
 
 
+def is_worker_loss(error: object) -> bool:
+    """True for the error of a trial whose worker process died under it: a process pool
+    broken by a killed worker, or a Dask worker lost more often than Dask retries a task."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    return isinstance(error, BrokenProcessPool) or type(error).__name__ == "KilledWorker"
+
+
 def retry_only_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry a failed attempt only for a transient error."""
     return is_transient(state.data)

@@ -3,8 +3,10 @@
 ``train_trial_task(config, data)`` is the only place a network is trained by the flows. Its
 cache key is the trial key (config + data fingerprint + training-code version + backend), so
 a rerun, a resumed search, a larger grid or a random search that draws a config the grid
-already trained, trains only what is missing. Its retries are on its decorator: transient
-errors only (:mod:`tasks.trial.faults`), 2 more attempts after 2 s and 8 s.
+already trained, trains only what is missing. It runs under SERIALIZABLE isolation with an OS
+file lock per key (:mod:`tasks.trial.locks`): overlapping runs train a key once, the others
+wait for its result. Its retries are on its decorator: transient errors only
+(:mod:`tasks.trial.faults`), 2 more attempts after 2 s and 8 s.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tasks.trial.faults import (
     maybe_inject_fault,
     retry_only_transient,
 )
+from tasks.trial.locks import FlockLockManager
 from tasks.trial.pruning import (
     TrialLink,
     epoch_reporter,
@@ -154,7 +157,8 @@ def train_prunable(config: TrialConfig, data: DataHandle, backend: str, key: str
     name="train-trial",
     task_run_name="train {config.units}u-d{config.dropout}-{config.activation}"
     "-lr{config.learning_rate}-b{config.batch_size}-e{config.epochs}",
-    cache_policy=CacheKeyFnPolicy(cache_key_fn=trial_cache_key),
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=trial_cache_key).configure(
+        isolation_level="SERIALIZABLE", lock_manager=FlockLockManager()),
     persist_result=True,
     result_serializer="json",
     cache_result_in_memory=False,

@@ -1,0 +1,137 @@
+"""One training per trial key, however many runs ask for it at once: OS file locks.
+
+The trial task runs under Prefect's SERIALIZABLE isolation: before it looks for a cached
+result, it takes the lock of its cache key; a second run asking for the same key waits for the
+lock, then finds the first run's result committed and reports it as from the cache.
+
+Prefect's own ``FileSystemLockManager`` writes a lock file that lives until it is deleted or
+its expiration passes, and the task engine asks for no expiration: a holder killed with
+``kill -9`` (the OOM killer) would block that key for ever. This lock manager holds an OS lock
+(``fcntl.flock``) on a file per key instead: the kernel releases it when its holder dies, so a
+waiting run takes over at once, with no timeout to tune. Locks are per open file, so two
+threads of one process exclude each other too. The lock files stay (empty); they are reused.
+
+One machine, or a shared filesystem whose locks are honoured across machines; a cluster
+without one uses Redis (``prefect-redis``'s lock manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+#: How often a waiting run checks a held lock (seconds).
+POLL_SECONDS = 0.2
+
+
+def default_lock_directory() -> Path:
+    """Beside Prefect's local result storage: the cache the locks protect."""
+    from prefect.settings import get_current_settings
+
+    storage = Path(get_current_settings().results.local_storage_path).expanduser()
+    return storage.parent / f"{storage.name}-locks"
+
+
+class FlockLockManager:
+    """A Prefect lock manager (``prefect.locking.protocol.LockManager``) on ``fcntl.flock``.
+
+    ``directory``: where the lock files go (default: :func:`default_lock_directory`, resolved
+    when first used, in the process that trains)."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory) if directory is not None else None
+        self._held: dict[str, tuple[int, str]] = {}  # key -> (file descriptor, holder)
+        self._guard = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # sent to worker processes: locks are the process's own, never shipped
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["directory"])
+
+    def _path(self, key: str) -> Path:
+        directory = self.directory or default_lock_directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        name = key if len(key) < 200 else hashlib.sha256(key.encode()).hexdigest()
+        return directory / f"{name}.lock"
+
+    def _try(self, key: str) -> int | None:
+        """A descriptor holding the key's lock, or None if another holds it."""
+        fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        """Wait (up to ``acquire_timeout`` seconds; None: as long as it takes) for the lock.
+        ``hold_timeout`` is not needed: a dead holder's lock is released by the kernel."""
+        with self._guard:
+            if key in self._held:
+                return self._held[key][1] == holder
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        while True:
+            fd = self._try(key)
+            if fd is not None:
+                with self._guard:
+                    self._held[key] = (fd, holder)
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        import anyio
+
+        return await anyio.to_thread.run_sync(
+            self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        with self._guard:
+            held = self._held.get(key)
+            if held is None or held[1] != holder:
+                raise ValueError(f"No lock held by {holder} for transaction with key {key}")
+            del self._held[key]
+        fd = held[0]
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def is_locked(self, key: str) -> bool:
+        with self._guard:
+            if key in self._held:
+                return True
+        fd = self._try(key)
+        if fd is None:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        return False
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        with self._guard:
+            held = self._held.get(key)
+        return held is not None and held[1] == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        import anyio
+
+        return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
