@@ -144,3 +144,34 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path):
     assert not manager.is_locked("trial-abc")
     assert other.acquire_lock("trial-abc", "a thread", acquire_timeout=1)
     other.release_lock("trial-abc", "a thread")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["processes", "dask"])
+def test_a_killed_worker_is_a_transient_fault(runner, mnist_file, tmp_path):
+    """kill -9 on a worker process mid-run (as the OOM killer would): every trial completes,
+    exit 0, no traceback; the process pool says so in one line."""
+    import psutil
+
+    command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
+               str(tmp_path / "reports"), "--dropout", "0", "0.2", "0.4", "--units", "96", "128",
+               "--batch-size", "16", "--epochs", "12", "--runner", runner, "--workers", "2"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment(tmp_path / "home"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, killed = [], None
+    for line in process.stdout:
+        lines.append(line)
+        if killed is None and line.startswith("[1/6]"):
+            workers = [c for c in psutil.Process(process.pid).children(recursive=True)
+                       if "spawn_main" in " ".join(c.cmdline())]
+            killed = max(workers, key=lambda c: c.cpu_percent(interval=0.3)).pid
+            os.kill(killed, signal.SIGKILL)
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 0, err[-3000:]
+    assert killed is not None
+    out = "".join(lines)
+    assert "Traceback" not in err and "Traceback" not in out
+    if runner == "processes":
+        assert "worker lost (BrokenProcessPool" in out
+    trials = pd.read_parquet(report_folder(out) / "trials.parquet")
+    assert len(trials) == 6 and (trials["status"] == "completed").all()

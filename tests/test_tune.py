@@ -71,8 +71,9 @@ def test_the_default_space_is_the_notebooks_and_bad_dimensions_name_what_is_allo
 def test_the_command_line_reads_a_space_file_and_options_beside_it_win(tmp_path, monkeypatch):
     seen = {}
 
-    class Recorder:  # the flow's signature, without running it
+    class Recorder:  # the flow's signature and name, without running it
         fn = staticmethod(tune.fn)
+        name = tune.name
 
         def __call__(self, **kwargs):
             seen.update(kwargs)
@@ -151,23 +152,61 @@ def test_a_tune_resumes_and_a_larger_budget_trains_only_the_new_trials(mnist_fil
         tiny_tune(mnist_file, tmp_path, "grow", trials=6, units="choice:8")
 
 
-@pytestmark_flows
-def test_trials_a_killed_tune_left_running_are_asked_again_first(mnist_file, tmp_path):
+def test_trials_a_dead_tune_left_running_are_asked_again_first_a_live_tunes_never(
+        mnist_file, tmp_path):
+    import time
+
     from tasks.data.mnist import prepare_data
     from tasks.search.tpe import TuneProposer
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
     space = make_tune_space(**{**TINY, "units": "int_log:8:64"})
+    running, failed = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
 
-    def proposer() -> TuneProposer:
+    def proposer(study: str) -> TuneProposer:
         return TuneProposer(space, handle, "compiled", storage_url(), trials=4,
-                            study_name="killed")
+                            study_name=study, heartbeat_interval=1, grace_period=2)
 
-    asked = proposer().ask()  # ... and the process dies: the trial stays RUNNING
-    assert load("killed").get_trials()[0].state == optuna.trial.TrialState.RUNNING
-    again = proposer()
-    assert load("killed").get_trials()[0].state == optuna.trial.TrialState.FAIL
+    def states(study: str) -> list:
+        return [t.state for t in load(study).get_trials()]
+
+    first = proposer("killed")
+    asked = first.ask()
+    # its tune lives (heartbeats): another tune starting and asking leaves the trial running
+    other = proposer("killed")
+    time.sleep(3.5)  # longer than the grace period
+    assert other.ask() is not None and states("killed")[0] == running
+    first.heartbeats.stop()  # ... and both processes die: no more heartbeats
+    other.heartbeats.stop()
+    time.sleep(3.5)
+    again = proposer("killed")
+    assert states("killed")[0] == failed
     assert again.ask().config == asked.config and again.plan().trials == 4
+    # had the first tune only been paused, its late tell neither raises nor revives the trial
+    from tasks.trial.result import TrialResult
+
+    first.tell(asked, TrialResult(trial_key="k", config=asked.config, val_accuracy=0.5,
+                                  data_fingerprint=handle.fingerprint))
+    assert states("killed")[0] == failed
+
+    # a tune that stops with a trial in hand (not killed) fails it at once, asked first again
+    stopped = proposer("stopped")
+    asked = stopped.ask()
+    stopped.close()
+    assert states("stopped") == [failed, optuna.trial.TrialState.WAITING]
+    resumed = proposer("stopped")
+    assert resumed.ask().config == asked.config
+
+    # a running trial without heartbeats (a tune from before them) is failed once it is
+    # older than the grace period, not before
+    legacy = optuna.load_study(study_name="stopped", storage=storage_url())
+    legacy_params = legacy.ask(space.distributions()).params
+    proposer("stopped")
+    assert states("stopped")[1:] == [running, running]
+    time.sleep(2.5)
+    late = proposer("stopped")
+    assert states("stopped")[1:3] == [running, failed]  # the resumed tune's trial lives
+    assert late.ask().token.params == legacy_params
 
 
 @pytestmark_flows

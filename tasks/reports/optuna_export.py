@@ -10,6 +10,10 @@ attributes. Then::
 
 shows the history, parallel coordinates and parameter importance of any of them. Each report
 also gets the parameter-importance and parallel-coordinates figures, drawn by Optuna.
+
+Runs exporting at the same moment (and tunes starting) share the storage's lock
+(:func:`tasks.search.optuna_storage.storage_lock`), and an export that still finds the SQLite
+file locked is retried whole (it replaces its study, so it can start again).
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.search.optuna_storage import OBJECTIVE, quiet_optuna, result_attrs, storage_url
+from tasks.search.optuna_storage import (
+    OBJECTIVE,
+    open_storage,
+    quiet_optuna,
+    result_attrs,
+    retry_when_locked,
+    storage_lock,
+    storage_url,
+)
 from tasks.search.space import SEARCH_FIELDS
 from tasks.trial.result import TrialResult
 
@@ -57,19 +69,27 @@ def export_run(name: str, results: Sequence[TrialResult], values: dict[str, list
 
     quiet_optuna()
     url = storage_url(storage)
-    try:
-        optuna.delete_study(study_name=name, storage=url)
-    except KeyError:
-        pass
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-    study.set_metric_names([OBJECTIVE])
     distributions = {field: CategoricalDistribution(values[field]) for field in SEARCH_FIELDS
                      if field in values}
     distinct = list({r.trial_key: r for r in results}.values())
-    study.add_trials([frozen_trial(i, r, distributions) for i, r in enumerate(distinct)])
-    for key, value in (attrs or {}).items():
-        study.set_user_attr(key, value)
-    return study
+
+    def replace():
+        # under the storage's lock: a new storage is created once, and runs exporting at the
+        # same moment replace their studies one after the other
+        with storage_lock(url):
+            opened = open_storage(url)
+            try:
+                optuna.delete_study(study_name=name, storage=opened)
+            except KeyError:
+                pass
+            study = optuna.create_study(study_name=name, storage=opened, direction="maximize")
+            study.set_metric_names([OBJECTIVE])
+            study.add_trials([frozen_trial(i, r, distributions) for i, r in enumerate(distinct)])
+            for key, value in (attrs or {}).items():
+                study.set_user_attr(key, value)
+            return study
+
+    return retry_when_locked(replace)  # a tune's write may still hold the file a moment
 
 
 def varying(study) -> list[str]:
