@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -81,25 +84,64 @@ def project_prefect_settings():
         yield
 
 
-def quiet_logs(verbose: bool) -> None:
-    """Keep the terminal to one line per trial: Prefect's console shows warnings only (runs
-    still send their INFO logs to the Prefect UI) and TensorFlow's start-up stays quiet.
+#: Run logs kept in ``<PREFECT_HOME>/logs`` (the oldest beyond it are removed).
+KEPT_LOGS = 50
+#: This command's log file, once :func:`quiet_logs` has opened it.
+_log_path: Path | None = None
+
+
+def quiet_logs(verbose: bool) -> Path | None:
+    """Keep the terminal to the progress lines and one final line: Prefect's console handler
+    shows nothing (runs still send their logs to the Prefect UI), Prefect's records and
+    tracebacks go to a log file in ``<PREFECT_HOME>/logs/`` (returned, and named by the final
+    error line), TensorFlow's start-up stays quiet. ``verbose``: everything on the terminal.
     Call before the first flow run (Prefect configures its logging then)."""
+    global _log_path
     if verbose:
         from tasks.settings import override
 
         override(tf_logs=True)
-        return
+        return None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # new processes
-    import logging
-
+    # worker processes started from here: their Prefect records go to the UI only
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.settings import get_current_settings
 
     for name in ("", "uvicorn", "fastapi"):  # this process: logging is already configured
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(logging.WARNING)
+                handler.setLevel(logging.CRITICAL)
+    folder = Path(get_current_settings().home).expanduser() / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in sorted(folder.glob("*.log"))[:-KEPT_LOGS]:
+            old.unlink(missing_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = folder / f"{Path(sys.argv[0]).stem or 'run'}-{stamp}-{os.getpid()}.log"
+        handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    except OSError:  # no writable Prefect home: the UI still has the records
+        return None
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s | %(levelname)-7s | %(name)s | %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("distributed.nanny").addHandler(_DaskWorkerLoss())
+    _log_path = path
+    return path
+
+
+class _DaskWorkerLoss(logging.Handler):
+    """One terminal line when Dask restarts a worker that died (Dask reruns its trials)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Restarting worker"):
+            say("worker lost (a Dask worker died: killed by signal 9 or the OOM killer?); "
+                "Dask restarts it and retries its trials")
+
+
+def _details() -> str:
+    return f" (details: {_log_path})" if _log_path is not None else ""
 
 
 INTERRUPTED = "interrupted: finished trials are cached; rerun the same command to resume"
@@ -146,14 +188,14 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
     except (ReportError, TrialsFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{_details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
-            raise
+            return unexpected(exc)
         from prefect.settings import get_current_settings
 
         limit = get_current_settings().server.ephemeral.startup_timeout_seconds
@@ -161,7 +203,23 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
               "machine?): raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or point "
               "PREFECT_API_URL at a running `prefect server start`", file=sys.stderr)
         return 1
+    except Exception as exc:
+        return unexpected(exc)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def unexpected(error: BaseException) -> int:
+    """Anything else that ends a run: one line on the terminal, the traceback in the log
+    (on the terminal too when there is no log: ``-v``, or no writable Prefect home)."""
+    import traceback
+
+    if _log_path is None:
+        traceback.print_exception(error)
+    else:
+        logging.getLogger("tasks.cli").error("the run failed", exc_info=error)
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    print(f"error: {type(error).__name__}: {line}{_details()}", file=sys.stderr)
+    return 1

@@ -173,5 +173,30 @@ def test_a_killed_worker_is_a_transient_fault(runner, mnist_file, tmp_path):
     assert "Traceback" not in err and "Traceback" not in out
     if runner == "processes":
         assert "worker lost (BrokenProcessPool" in out
+    else:
+        assert "worker lost (a Dask worker died" in out
     trials = pd.read_parquet(report_folder(out) / "trials.parquet")
     assert len(trials) == 6 and (trials["status"] == "completed").all()
+
+
+@pytest.mark.slow
+def test_a_failed_run_ends_with_one_line_that_names_its_log(mnist_file, tmp_path):
+    """A trial that fails for good: the terminal has the progress lines and one error line;
+    Prefect's records and the traceback are in the log file that line names."""
+    env = environment(tmp_path / "home")
+    env["PIPELINE_FAULTS"] = '[{"units": 9, "times": -1, "error": "deterministic"}]'
+    command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
+               str(tmp_path / "reports"), "--dropout", "0", "--units", "8", "9",
+               "--batch-size", "100", "--epochs", "1"]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    match = re.fullmatch(r"error: 1 of 2 trials failed \(see report (.+)\) \(details: (.+)\)",
+                         line)
+    assert match, line
+    assert "-> FAILED: ValueError: injected deterministic fault" in done.stdout
+    log = Path(match.group(2)).read_text()
+    assert log and "Traceback" in log and "injected deterministic fault" in log
+    assert Path(match.group(2)).parent == tmp_path / "home" / "prefect" / "logs"

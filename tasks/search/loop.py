@@ -258,8 +258,10 @@ def collect(future, config: TrialConfig, data: DataHandle, backend: str) -> Tria
     error = future.result(raise_on_failure=False)
     if not isinstance(error, BaseException):
         error = state.message or "failed"
-    get_run_logger().debug("trial failed: %s", "".join(traceback.format_exception(error))
-                           if isinstance(error, BaseException) else error)
+    # the whole story for the log file and the UI; the terminal gets the trial's one line
+    get_run_logger().warning("trial %s failed: %s", config.label(),
+                             "".join(traceback.format_exception(error))
+                             if isinstance(error, BaseException) else error)
     return failed_result(config, data, backend, error)
 
 
