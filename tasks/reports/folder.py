@@ -63,6 +63,14 @@ class RunFolder:
         self.keep(name)
         return path
 
+    def write_trials_table(self, frame: pd.DataFrame, name: str = "trials.txt") -> str:
+        """The report step "trials table": the trials, best validation accuracy first, as
+        Markdown in ``name``; returns the Markdown."""
+        with self.step("trials table"):
+            text = markdown_table(results_table(frame, sort_by="val_accuracy"))
+            atomic_write_text(self.path / name, text + "\n")
+        return text
+
     def keep(self, name: str) -> None:
         """From now on a failed step keeps the folder: ``name`` (e.g. ``trials.parquet``)
         holds the run's results."""

@@ -47,14 +47,11 @@ def write_random_report(
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
     frame = trials_frame(results).drop_duplicates("trial_key").reset_index(drop=True)
     counts = count_results(results)
-    table = results_table(frame, sort_by="val_accuracy")
     best = best_trial(frame)
     with RunFolder(reports_dir or default_reports_dir(), "random") as run:
         out = run.path
         run.write_results(frame)
-        with run.step("trials table"):
-            table_text = markdown_table(table)
-            atomic_write_text(out / "trials.txt", table_text + "\n")
+        table_text = run.write_trials_table(frame)
         with run.step("accuracy per hyperparameter figure"):
             plots.plot_accuracy_vs_hyperparameters(frame, out / "hyperparameters.png",
                                                    SEARCH_FIELDS, value="val_accuracy")

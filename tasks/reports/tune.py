@@ -59,15 +59,12 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
     everything = study_results(study)
     frame = trials_frame(everything)
     counts = count_results(results)
-    table = results_table(frame, sort_by="val_accuracy")
     complete = frame[frame["status"] == "completed"]
     best = best_trial(frame)
     with RunFolder(reports_dir or default_reports_dir(), "tune") as run:
         out = run.path
         run.write_results(frame)
-        with run.step("trials table"):
-            table_text = markdown_table(table)
-            atomic_write_text(out / "trials.txt", table_text + "\n")
+        table_text = run.write_trials_table(frame)
         figure_lines = []
         if len(complete) >= 2:
             with run.step("optimization history figure"), figures.LOCK:
