@@ -90,6 +90,11 @@ class FanOut(BaseModel):
         None, json_schema_extra=_FAN_OUT | {"metavar": "tcp://HOST:PORT"},
         description="with --runner dask: an existing scheduler, tcp://HOST:PORT (default: a "
                     "local cluster of --workers processes)")
+    worker_memory: float = Field(
+        1.1, gt=0, json_schema_extra=_FAN_OUT | {"metavar": "GB"},
+        description="memory one worker process needs, in GB: --runner auto starts no more "
+                    "workers than fit in the available memory (1.1: measured for MNIST, "
+                    "benchmarks/memory.py)")
     max_failures: NonNegativeInt | None = Field(
         0, json_schema_extra=_FAN_OUT,
         description="trials that may still fail after their retries while the run counts as "

@@ -35,6 +35,7 @@ def fails(main, argv, capsys, reports):
     (["--learning-rate", "0"], "learning_rate=0.0"),
     (["--learning-rate", "-1"], "learning_rate=-1.0"),
     (["--workers", "0"], "workers=0"),
+    (["--worker-memory", "0"], "worker_memory=0.0"),
 ])
 def test_bad_grid_parameters(argv, words, capsys, reports, mnist_file):
     err = fails(grid.main, argv + ["--data", str(mnist_file)], capsys, reports)

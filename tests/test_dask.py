@@ -89,6 +89,9 @@ def test_auto_runner_starts_no_more_workers_than_fit_in_memory():
                          available=WORKER_MEMORY) == ("processes", 8, "")
     assert choose_runner("processes", None, 400, work, cores=16,
                          available=WORKER_MEMORY) == ("processes", 16, "")
+    # --worker-memory: workers that need 4 GB each, in 10 GB
+    assert choose_runner("auto", None, 400, work, cores=16, available=10 * 10**9,
+                         per_worker=4e9) == ("processes", 2, "memory for 2 workers")
 
 
 def test_make_task_runner_builds_each_kind_with_its_share_of_cores():

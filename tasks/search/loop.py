@@ -102,12 +102,14 @@ def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
 
     if plan.configs is None:
         work = plan.trials * plan.epochs * data.train_size
-        kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, plan.trials, work)
+        kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, plan.trials, work,
+                                             per_worker=fan_out.worker_memory * 1e9)
         return (kind, workers,
                 f"{plan.trials} trials to finish: {kind} x {workers}{chosen(limit)}")
     pending = [c for c in plan.configs if refresh or not probably_cached(c, data, backend)]
     work = sum(config.epochs for config in pending) * data.train_size
-    kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, len(pending), work)
+    kind, workers, limit = choose_runner(fan_out.runner, fan_out.workers, len(pending), work,
+                                         per_worker=fan_out.worker_memory * 1e9)
     total = len(plan.configs)
     cached = f", {total - len(pending)} of them in the cache" if len(pending) < total else ""
     line = f"{total} trials{cached}: {kind} x {workers}{chosen(limit)}" if total > 1 else ""

@@ -36,7 +36,8 @@ RUNNERS: tuple[str, ...] = get_args(RunnerKind)
 #: epochs x training images): below it, their start-up (~5 s) costs more than they save.
 AUTO_PROCESSES_MIN_WORK = 1_000_000
 #: Memory of its own (bytes) one worker process needs, for ``auto`` to count how many fit in
-#: the available memory. Measured by benchmarks/memory.py (a 2 x 2 grid at 256/512 units on
+#: the available memory (the default of ``--worker-memory``, tasks.run_options.FanOut).
+#: Measured by benchmarks/memory.py (a 2 x 2 grid at 256/512 units on
 #: the full MNIST, processes x 2, two runs): a worker's peak USS (Private_Clean + Private_Dirty
 #: from /proc/PID/smaps_rollup) was 780-989 MiB (0.82-1.04 GB; the higher while it alone
 #: mapped the splits), its anonymous memory 780 MiB; rounded up to 1.1 GB. The splits are one
@@ -163,18 +164,19 @@ class RunnerChoice(NamedTuple):
     limit: str = ""
 
 
-def workers_that_fit(available: int | None = None) -> int:
-    """Worker processes whose memory fits in ``available`` bytes (default: what the machine
-    has available now, ``psutil.virtual_memory().available``), at least one."""
+def workers_that_fit(available: int | None = None, per_worker: float = WORKER_MEMORY) -> int:
+    """Worker processes of ``per_worker`` bytes that fit in ``available`` bytes (default: what
+    the machine has available now, ``psutil.virtual_memory().available``), at least one."""
     if available is None:
         import psutil
 
         available = psutil.virtual_memory().available
-    return max(1, int(available // WORKER_MEMORY))
+    return max(1, int(available // per_worker))
 
 
 def choose_runner(kind: str, workers: int | None, trials: int, work: int,
-                  cores: int | None = None, available: int | None = None) -> RunnerChoice:
+                  cores: int | None = None, available: int | None = None,
+                  per_worker: float = WORKER_MEMORY) -> RunnerChoice:
     """Resolve ``auto`` and a missing worker count for a search with ``trials`` distinct
     trials left to train and ``work`` = their epochs x training images.
 
@@ -182,7 +184,7 @@ def choose_runner(kind: str, workers: int | None, trials: int, work: int,
     and :data:`AUTO_PROCESSES_MIN_WORK`; on the project's 2-core machine the default grid
     trains 1.8x as fast so), else one thread in this process (no start-up); with no more
     workers than fit in the available memory (``available`` bytes, default: the machine's
-    now; :data:`WORKER_MEMORY` each), and one thread if only one fits. A missing ``workers``
+    now; ``per_worker`` bytes each), and one thread if only one fits. A missing ``workers``
     is one per core for ``processes`` and ``dask``, one for ``threads``. A given ``workers``
     is kept (at most one per trial).
     """
@@ -193,7 +195,7 @@ def choose_runner(kind: str, workers: int | None, trials: int, work: int,
         if workers is None:
             workers = cores if large else 1
             if large:
-                fit = workers_that_fit(available)
+                fit = workers_that_fit(available, per_worker)
                 if fit < min(workers, trials):
                     workers = fit
                     limit = f"memory for {fit} worker{'s' if fit > 1 else ''}"

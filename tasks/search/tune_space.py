@@ -21,7 +21,7 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -37,7 +37,7 @@ from tasks.errors import UserError, as_user_error
 from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS
 
 DimensionKind = Literal["choice", "uniform", "log_uniform", "int", "int_log"]
-KINDS: tuple[str, ...] = ("choice", "uniform", "log_uniform", "int", "int_log")
+KINDS: tuple[str, ...] = get_args(DimensionKind)
 DEFAULT_DIGITS = {"uniform": 2, "log_uniform": 2}  # decimals / significant digits
 Value = float | int | str
 
