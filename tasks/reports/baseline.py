@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks.reports.figures import baseline as plots
 from tasks.data.mnist import DataHandle, load_splits
 from tasks.engine.model import WEIGHTS_SUFFIX
+from tasks.files import atomic_write_parquet, atomic_write_text
+from tasks.reports.figures import baseline as plots
 from tasks.reports.folder import (
     RunFolder,
     default_reports_dir,
@@ -20,7 +21,6 @@ from tasks.reports.folder import (
     markdown_table,
     publish_artifacts,
 )
-from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.trial.result import TrialResult
 
 MISCLASSIFIED_SHOWN = 10
@@ -28,8 +28,8 @@ MISCLASSIFIED_SHOWN = 10
 
 def predict_test(result: TrialResult, data: DataHandle) -> tuple[np.ndarray, str]:
     """Test-set class probabilities of the trial's saved weights, and Keras' model summary."""
-    from tasks.engine.train import release_tensorflow_memory
     from tasks.engine.model import load_model, model_summary, predict_probabilities
+    from tasks.engine.train import release_tensorflow_memory
 
     splits = load_splits(data)
     model = load_model(result.config, result.weights_path, splits.x_test.shape[1])

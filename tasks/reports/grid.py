@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from tasks.files import atomic_write_text
 from tasks.reports.figures import grid as plots
-from tasks.reports.optuna_export import export_and_draw
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
@@ -21,7 +21,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
-from tasks.files import atomic_write_text
+from tasks.reports.optuna_export import export_and_draw
 from tasks.search.space import SEARCH_FIELDS, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from tasks.files import atomic_write_parquet, atomic_write_text
+from tasks.reports.figures import budget as budget_plots
 from tasks.reports.figures import random_search as plots
-from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
-from tasks.reports.optuna_export import export_and_draw
-from tasks.search.space import SEARCH_FIELDS
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
@@ -24,8 +23,10 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
-from tasks.files import atomic_write_parquet, atomic_write_text
-from tasks.search.space import DEFAULT_RANDOM_SPACE, SearchSpace
+from tasks.reports.optuna_export import export_and_draw
+from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
+from tasks.search.budget import DEFAULT_ORDERS, completed_pool, expected_best_by_budget
+from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 
 
@@ -47,6 +48,7 @@ def write_random_report(
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
     frame = trials_frame(results).drop_duplicates("trial_key").reset_index(drop=True)
     counts = count_results(results)
+    table = results_table(frame, sort_by="val_accuracy")
     best = best_trial(frame)
     with RunFolder(reports_dir or default_reports_dir(), "random") as run:
         out = run.path
@@ -74,16 +76,49 @@ def write_random_report(
         with run.step("Optuna study and figures"):
             optuna_text = export_and_draw(run, "study" if plan else "random", results, space,
                                           storage)
+        budget_text = ""
+        with run.step("best accuracy per budget"):
+            budget_text = write_best_by_budget(frame, out)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
             atomic_write_text(out / "report.md",
-                              random_markdown(summary, table_text, study_text, plan) + "\n"
+                              random_markdown(summary, table_text, study_text, plan,
+                                              budget_text) + "\n"
                               + optuna_text)
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")
     if best_of_n is not None and not best_of_n.empty:
         publish_table("best-of-n", best_of_n, "Best accuracy found among N random trials")
     return run.final
+
+
+def write_best_by_budget(frame: pd.DataFrame, out: Path) -> str:
+    """``best_by_budget.parquet``, ``.txt`` and ``.png`` from the completed trials with a
+    training time (at least 2 of them); returns the report's Markdown section, or "" when the
+    pool is too small."""
+    pool = completed_pool(frame)
+    if len(pool) < 2:
+        return ""
+    by_budget = expected_best_by_budget(pool["val_accuracy"], pool["test_accuracy"],
+                                        pool["train_seconds"])
+    atomic_write_parquet(by_budget, out / "best_by_budget.parquet")
+    text = markdown_table(by_budget, floatfmt=".4f")
+    atomic_write_text(out / "best_by_budget.txt", text + "\n")
+    budget_plots.plot_best_by_budget(by_budget, out / "best_by_budget.png")
+    return f"""
+## Best accuracy per minute of training
+
+The expected best accuracy found for a budget of training minutes on the machine that trained
+these trials: the pool's {len(pool)} completed trials are spent in a random order, one after
+another while their measured training time fits in the budget; the table gives the mean, the
+standard deviation and the 10th / 90th percentiles over {DEFAULT_ORDERS} random orders of the
+best-by-validation trial's test accuracy (`best_val_test_*`) and of the max test accuracy
+(`max_test_*`), and the trials finished on average (`trials_mean`).
+
+![Best accuracy per minute of training](best_by_budget.png)
+
+{text}
+"""
 
 
 def notebook_reference(space: SearchSpace) -> dict[int, tuple[float, float]] | None:
@@ -123,7 +158,7 @@ def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str
 
 
 def random_markdown(summary: str, table_text: str, study_text: str,
-                    plan: StudyPlan | None) -> str:
+                    plan: StudyPlan | None, budget_text: str = "") -> str:
     study = ""
     if study_text:
         how = (
@@ -146,7 +181,7 @@ accuracy, which selects on the test set and is optimistic.
     return f"""# Random search report
 
 {summary}
-{study}
+{study}{budget_text}
 ## What mattered
 
 ![accuracy per hyperparameter](hyperparameters.png)

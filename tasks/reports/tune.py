@@ -10,18 +10,17 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.files import atomic_write_text
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
     default_reports_dir,
-    markdown_table,
     publish_artifacts,
     results_table,
     trials_frame,
 )
-from tasks.files import atomic_write_text
-from tasks.trial.result import TrialResult, count_results
 from tasks.search.tune_space import TuneSpace
+from tasks.trial.result import TrialResult, count_results
 
 
 def study_results(study) -> list[TrialResult]:
@@ -116,7 +115,8 @@ Pruned trials show the validation accuracy of their last epoch.
 
 Files: `trials.parquet` (one row per trial of the study), `trials.txt`.
 """)
-    publish_artifacts("tune-trials", table, summary, run.final,
+    publish_artifacts("tune-trials", results_table(frame, sort_by="val_accuracy"), summary,
+                      run.final,
                       f"Tune '{study_name}' over {space.describe()}")
     return run.final
 

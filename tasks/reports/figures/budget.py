@@ -1,0 +1,71 @@
+"""The random-search report's "best accuracy per minute of training" figure: the expected best
+accuracy found within a budget of training time (see :mod:`tasks.search.budget`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from tasks.reports.figures import common as figures
+
+_BUDGET_COLUMNS = (
+    "budget_minutes",
+    "best_val_test_mean",
+    "best_val_test_p10",
+    "best_val_test_p90",
+    "max_test_mean",
+    "max_test_p10",
+    "max_test_p90",
+)
+_SERIES = (
+    ("best_val_test", "test accuracy of the best-by-validation trial"),
+    ("max_test", "max test accuracy (the notebook's number, selected on test)"),
+)
+
+
+@figures.locked
+def plot_best_by_budget(table: pd.DataFrame, path: figures.PathLike,
+                        notebook: dict[float, tuple[float, float]] | None = None) -> Path:
+    """Expected best accuracy vs the training minutes spent: for each measure, the mean over
+    random orders of the pool as a line and its 10th-90th percentile band, shaded.
+
+    x is the budget in minutes of measured training time on the machine that trained the
+    trials (logarithmic); budgets where no order finished a trial (NaN) are not drawn.
+    ``notebook`` (``{minutes: (mean, std)}``), when given, is drawn as a reference series of
+    black squares with error bars.
+    """
+    figures.require_columns(table, _BUDGET_COLUMNS, "plot_best_by_budget")
+    title = "Best accuracy per minute of training"
+    data = table.sort_values("budget_minutes")
+    x = data["budget_minutes"].to_numpy(dtype=np.float64)
+    if (x <= 0).any():
+        raise ValueError("plot_best_by_budget: every budget must be > 0 (log-scale x axis)")
+    drawn = np.isfinite(data["best_val_test_mean"].to_numpy(dtype=np.float64))
+    if not drawn.any():
+        return figures.save(figures.message_figure("No budget finished a trial", title), path)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for k, (name, label) in enumerate(_SERIES):
+        colour = f"C{k}"
+        mean, low, high = (data[f"{name}_{stat}"].to_numpy(dtype=np.float64)
+                           for stat in ("mean", "p10", "p90"))
+        ok = np.isfinite(mean)
+        ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.2, linewidth=0,
+                        label=f"{label}: 10th-90th percentile")
+        ax.plot(x[ok], mean[ok], color=colour, marker="o", markersize=3, label=f"{label}: mean")
+    if notebook:
+        minutes = np.array(sorted(notebook), dtype=np.float64)
+        ax.errorbar(minutes, [notebook[m][0] for m in sorted(notebook)],
+                    yerr=[notebook[m][1] for m in sorted(notebook)], linestyle="none",
+                    marker="s", color="black", capsize=3, label="the notebook's printout")
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("Training budget (minutes of measured training time on the machine that "
+                  "trained the trials)", fontsize=9)
+    ax.set_ylabel("Accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return figures.save(fig, path)
