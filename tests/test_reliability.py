@@ -200,3 +200,29 @@ def test_a_failed_run_ends_with_one_line_that_names_its_log(mnist_file, tmp_path
     log = Path(match.group(2)).read_text()
     assert log and "Traceback" in log and "injected deterministic fault" in log
     assert Path(match.group(2)).parent == tmp_path / "home" / "prefect" / "logs"
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_reports_ends_with_one_line(mnist_file, tmp_path):
+    """The report folder on a 64 kB filesystem: the figures do not fit. One error line names
+    the failed step, the safe trials.parquet and the log; no traceback on the terminal."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        env = environment(tmp_path / "home")
+        command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
+                   str(disk), "--dropout", "0", "0.3", "--units", "8", "--batch-size", "100",
+                   "--epochs", "1"]
+        done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: report step '") and "trials.parquet" in line, line
+    assert "(details: " in line and str(tmp_path / "home" / "prefect" / "logs") in line
