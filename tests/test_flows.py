@@ -283,7 +283,9 @@ def test_the_command_line_of_a_failed_run_exits_1_with_one_line(mnist_file, tmp_
                                "--reports-dir", str(tmp_path / "reports")])
     err = capsys.readouterr().err.strip()
     assert code == 1
-    assert err == f"error: 1 of 1 trials failed (see report {only_report(tmp_path)})"
+    report = only_report(tmp_path)
+    assert err.startswith(f"error: 1 of 1 trials failed (see report {report}) (details: ")
+    assert "\n" not in err and Path(err.split("(details: ")[1][:-1]).is_file()
     # tolerated, the same command succeeds
     code = run_cli(grid.main, ["--data", str(mnist_file), "--units", "22", "--dropout", "0",
                                "--batch-size", "100", "--epochs", "1", "--max-failures", "1",
