@@ -197,7 +197,13 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
             break
         # a worker process died (the OOM killer, kill -9): the pool is gone with every trial
         # it held; they are retried on a fresh pool, within the trial's retry budget
-        held = list(in_flight.values())
+        held = []
+        for future, asked in list(in_flight.items()):
+            wrapped = getattr(future, "wrapped_future", None)
+            if wrapped is not None and wrapped.done() and lost_worker(future) is None:
+                settle(asked, collect(future, asked.config, data, run.backend))  # it finished
+            else:
+                held.append(asked)
         in_flight.clear()
         running.difference_update(asked.config.canonical_json() for asked in held)
         retried = []
