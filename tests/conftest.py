@@ -43,6 +43,22 @@ def synthetic_mnist(n_train: int = 600, n_test: int = 300, seed: int = 0) -> dic
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
+def spy_figures(monkeypatch) -> list:
+    """Record every figure the reports save, as (file name, Figure); each is still saved and
+    closed."""
+    from tasks.reports.figures import common as figures
+
+    captured: list = []
+    real_save = figures.save
+
+    def spy(fig, path):
+        captured.append((Path(path).name, fig))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "save", spy)
+    return captured
+
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     np.savez(path, **arrays)
     return path

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import spy_figures
 from matplotlib.collections import PolyCollection
 
 from tasks.config import TrialConfig, trial_key
 from tasks.reports.figures import budget as figures_budget
-from tasks.reports.figures import common as figures
 from tasks.reports.random_search import write_random_report
 from tasks.search.budget import (
     BUDGET_COLUMNS,
@@ -132,19 +131,6 @@ def test_completed_pool_keeps_completed_trials_with_a_cost():
         test_accuracy=[0.9, None, 0.8, 0.84, 0.9, 0.7],
         train_seconds=[3.0, 1.0, None, 2.0, 3.0, 1.0]))
     assert completed_pool(frame)["trial_key"].tolist() == ["a", "d"]
-
-
-def spy_figures(monkeypatch) -> list:
-    """Record every figure saved (it is still saved and closed)."""
-    captured: list = []
-    real_save = figures.save
-
-    def spy(fig, path):
-        captured.append((Path(path).name, fig))
-        return real_save(fig, path)
-
-    monkeypatch.setattr(figures, "save", spy)
-    return captured
 
 
 def test_figure_draws_a_mean_line_and_a_band_per_measure(tmp_path, monkeypatch):

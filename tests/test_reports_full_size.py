@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import spy_figures
 from matplotlib.container import ErrorbarContainer
 
 from tasks.config import TrialConfig, trial_key
 from tasks.errors import ReportError
 from tasks.reports.exercise import write_exercise_report
-from tasks.reports.figures import common as figures
 from tasks.reports.figures import random_search as figures_random
 from tasks.reports.grid import write_grid_report
 from tasks.reports.random_search import write_random_report
@@ -55,19 +55,6 @@ def results_for(configs: list[TrialConfig], seed: int = 0) -> list[TrialResult]:
     rng = np.random.default_rng(seed)
     by_key: dict[str, TrialResult] = {}
     return [by_key.setdefault(c.canonical_json(), fake_result(c, rng)) for c in configs]
-
-
-def spy_figures(monkeypatch) -> list:
-    """Record every figure saved by tasks.plots (it is still saved and closed)."""
-    captured: list = []
-    real_save = figures.save
-
-    def spy(fig, path):
-        captured.append((Path(path).name, fig))
-        return real_save(fig, path)
-
-    monkeypatch.setattr(figures, "save", spy)
-    return captured
 
 
 def errorbar_series(fig) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

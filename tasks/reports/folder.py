@@ -116,6 +116,15 @@ def best_trial(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.Series | Non
     return done.loc[done[by].idxmax()]
 
 
+def best_trial_line(best: pd.Series) -> str:
+    """The summary line of the best trial by validation accuracy (a row of the trials
+    table)."""
+    return (f"- **best trial by validation accuracy**: units={best['units']}, "
+            f"dropout={best['dropout']:g}, activation={best['activation']}, "
+            f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
+            f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**")
+
+
 def markdown_table(rows: Sequence[dict[str, Any]] | pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub-markdown table: floats with ``floatfmt``, strings exactly as given (so a
     learning rate formatted as ``1e-05`` stays that way)."""

@@ -16,6 +16,7 @@ from tasks.reports.figures import random_search as plots
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
+    best_trial_line,
     default_reports_dir,
     markdown_table,
     publish_artifacts,
@@ -142,11 +143,7 @@ def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str
     lines.append(f"- {counts.trained} trained now, {counts.cached} from the cache, "
                  f"{counts.failed} failed")
     if best is not None:
-        lines.append(
-            f"- **best trial by validation accuracy**: units={best['units']}, "
-            f"dropout={best['dropout']:g}, activation={best['activation']}, "
-            f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
-            f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**")
+        lines.append(best_trial_line(best))
         done = frame[frame["status"] == "completed"]
         lines.append(f"- max test accuracy over all trials (the exercise's number, selected on "
                      f"the test set): {done['test_accuracy'].max():.4f}")

@@ -14,6 +14,7 @@ from tasks.files import atomic_write_text
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
+    best_trial_line,
     default_reports_dir,
     publish_artifacts,
     results_table,
@@ -92,11 +93,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                 f"{int((frame['status'] == 'failed').sum())} failed trials",
             ]
             if best is not None:
-                lines.append(
-                    f"- **best trial by validation accuracy**: units={best['units']}, "
-                    f"dropout={best['dropout']:g}, activation={best['activation']}, "
-                    f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
-                    f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**")
+                lines.append(best_trial_line(best))
             lines.append(f"- explore it: `{dashboard_command(storage)}`")
             summary = "\n".join(lines) + "\n"
             figures_text = "\n\n".join(figure_lines)
