@@ -4,11 +4,14 @@
     python flows/tune.py --trials 80                                # extends the same study
     python flows/tune.py --space-file examples/space.toml --study-name continuous
     python flows/tune.py --learning-rate log_uniform:1e-5:1e-1 --pruner median --trials 40
+    python flows/tune.py --budget 10m --study-name ten-minutes      # 10 training minutes
 
 Every asked config trains as the same cached task as the grid and the random search (anything
 trained before costs nothing). The study lives in an Optuna storage (``optuna.db`` in the data
 directory unless --storage says otherwise), so a killed tune resumes and a larger --trials
-extends it; `optuna-dashboard sqlite:///data/optuna.db` shows it.
+extends it; `optuna-dashboard sqlite:///data/optuna.db` shows it. A new study starts warm:
+every completed trial of the cache in its space is added to it first, trained by nobody
+(--no-warm-start: a cold start).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from tasks.config import PositiveInt, Seed, with_epochs
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
 from tasks.reports.tune import write_tune_report_task
-from tasks.run_options import Epochs, FanOut, RunOptions
+from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
+from tasks.search.spending import make_spending
 from tasks.search.tpe import SamplerName, TuneProposer
 from tasks.search.tune_space import (
     DEFAULT_TUNE_SPACE,
@@ -35,9 +39,17 @@ from tasks.search.tune_space import (
 )
 from tasks.trial.pruning import PrunerName
 
-Trials = Annotated[PositiveInt, Field(
-    description="finished (complete or pruned) trials the study should hold; a larger number "
-                "extends an earlier tune of the same study")]
+#: A budgeted tune without --trials: its own trials are bounded by the budget alone.
+UNBOUNDED = 1_000_000
+
+Trials = Annotated[PositiveInt | None, Field(
+    description="finished (complete or pruned) trials of its own the study should hold, "
+                "imported ones not counted; a larger number extends an earlier tune of the "
+                "same study (default: 50; with --budget: as many as the budget buys)")]
+WarmStart = Annotated[bool, Field(
+    description="before the first ask, add every completed trial of the cache that lies in "
+                "the space (same epochs, data, backend and protocol: from grids, random "
+                "searches, studies, other tunes) to the study, without training it")]
 Sampler = Annotated[SamplerName, Field(
     description="tpe: Optuna's TPE (model-based, constant liar for the trials running at "
                 "once); random: uniform draws, for comparison")]
@@ -57,7 +69,9 @@ Storage = Annotated[str | None, Field(
 def tune(
     space: TuneSpace = DEFAULT_TUNE_SPACE,
     epochs: Epochs = None,
-    trials: Trials = 50,
+    trials: Trials = None,
+    budget: Budget = None,
+    warm_start: WarmStart = True,
     sampler: Sampler = "tpe",
     pruner: Pruner = "none",
     sampler_seed: SamplerSeed = 0,
@@ -67,15 +81,20 @@ def tune(
     fan_out: FanOut = FanOut(),
 ) -> str:
     """Run the Optuna study ``study_name`` until it holds ``trials`` finished trials and write
-    its report; returns the report folder. ``epochs``, when given, replaces ``space.epochs``."""
+    its report (on a ``budget``: until it is spent); returns the report folder. ``epochs``,
+    when given, replaces ``space.epochs``."""
     space = with_epochs(space, epochs)
     storage = run.optuna_storage(storage)
     data = prepare_data_task(run.data, run.split(), run.data_dir)
-    proposer = TuneProposer(space, data, run.backend, storage, trials, sampler, pruner,
-                            sampler_seed, study_name)
-    results = run_trials(proposer, data, run, fan_out)
+    spending = make_spending(budget, data, run.backend)
+    wanted = trials if trials is not None else (UNBOUNDED if budget is not None else 50)
+    proposer = TuneProposer(space, data, run.backend, storage, wanted, sampler, pruner,
+                            sampler_seed, study_name, warm_start=warm_start)
+    results = run_trials(proposer, data, run, fan_out, spending=spending)
     report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
-                                    run.reports_dir)
+                                    run.reports_dir,
+                                    spending.summary() if spending else None,
+                                    proposer.imported)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, SplitSpec
 from tasks.errors import UserError
@@ -29,6 +29,21 @@ Epochs = Annotated[PositiveInt | None, Field(
 DrawSeed = Annotated[Seed, Field(
     description="seed of the random draw of configs (a larger --trials or pool extends the "
                 "smaller one)")]
+
+
+def _check_budget(value: str | None) -> str | None:
+    from tasks.search.spending import check_budget
+
+    return check_budget(value)
+
+
+#: ``--budget``: training minutes a random search or a tune may spend
+#: (:mod:`tasks.search.spending`).
+Budget = Annotated[str | None, AfterValidator(_check_budget), Field(
+    description="training minutes to spend: 10m, 90s, 1.5h (a plain number is minutes). "
+                "Counted as the trials' measured training time over all workers (a trial "
+                "from the cache at its measured time), the axis of the report's per-budget "
+                "curve; no trial starts that the rest of the budget cannot finish")]
 
 _DATA = {"group": "data and output"}
 _TRAINING = {"group": "training"}

@@ -18,9 +18,12 @@ from tasks.reports.figures import budget as figures_budget
 from tasks.reports.random_search import write_random_report
 from tasks.search.budget import (
     BUDGET_COLUMNS,
+    TRAJECTORY_COLUMNS,
+    best_at,
     completed_pool,
     default_budgets,
     expected_best_by_budget,
+    trajectory,
 )
 from tasks.search.space import DEFAULT_RANDOM_SPACE, sample_configs
 from tasks.trial.result import TrialResult
@@ -207,3 +210,49 @@ def test_random_report_without_a_pool_has_no_budget_section(tmp_path):
                                  reports_dir=tmp_path)
     assert not (folder / "best_by_budget.parquet").exists()
     assert "Best accuracy per minute" not in (folder / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# A real search's trajectory on the same axes
+# --------------------------------------------------------------------------------------------
+def trajectory_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "status": ["completed", "failed", "pruned", "completed", "completed", "completed"],
+        "train_seconds": [60.0, None, 30.0, 90.0, 30.0, 120.0],
+        "val_accuracy": [0.95, None, 0.99, 0.97, 0.97, 0.96],
+        "test_accuracy": [0.94, None, None, 0.965, 0.99, 0.975],
+    })
+
+
+def test_a_trajectory_is_the_best_so_far_against_the_minutes_spent():
+    path = trajectory(trajectory_frame())
+    assert list(path.columns) == list(TRAJECTORY_COLUMNS)
+    # minutes: cumulative, a failed trial adds nothing, a pruned one its epochs' time
+    np.testing.assert_allclose(path["minutes"], [1.0, 1.0, 1.5, 3.0, 3.5, 5.5])
+    # the pruned trial's 0.99 is not a finished network; a tie keeps the earlier trial
+    np.testing.assert_allclose(path["best_val"], [0.95, 0.95, 0.95, 0.97, 0.97, 0.97])
+    np.testing.assert_allclose(path["best_val_test"], [0.94, 0.94, 0.94, 0.965, 0.965, 0.965])
+    assert best_at(path, 0.5) != best_at(path, 0.5)  # NaN: nothing finished within 30 s
+    assert best_at(path, 3.2) == 0.97 and best_at(path, 3.0) == 0.97
+    assert best_at(path, 2.9) == 0.95 and best_at(path, 99, "best_val_test") == 0.965
+
+
+def test_the_figure_draws_a_trajectory_as_a_step_line_beside_the_pool(tmp_path, monkeypatch):
+    captured = spy_figures(monkeypatch)
+    table = expected_best_by_budget(VAL, TEST, SECONDS, [0.5, 1.0, 2.0, 4.0, 8.25],
+                                    orders=all_orders(6))
+    path = trajectory(trajectory_frame())
+    figures_budget.plot_best_by_budget(table, tmp_path / "a.png", trajectories={"tune": path},
+                                       pool="the pool")
+    figures_budget.plot_best_by_budget(None, tmp_path / "b.png", trajectories={"tune": path})
+    (_, with_pool), (_, alone) = captured
+    for fig, lines in ((with_pool, 3), (alone, 1)):
+        (ax,) = fig.axes
+        assert len(ax.get_lines()) == lines and ax.get_xscale() == "log"
+        (step,) = [line for line in ax.get_lines() if line.get_label().startswith("tune:")]
+        x, y = step.get_data()
+        np.testing.assert_allclose(x, path["minutes"])
+        np.testing.assert_allclose(y, path["best_val_test"])
+        assert step.get_drawstyle() == "steps-post"
+    labels = [line.get_label() for line in with_pool.axes[0].get_lines()]
+    assert sum(label.startswith("the pool: ") for label in labels) == 2

@@ -95,9 +95,9 @@ def test_the_command_line_reads_a_space_file_and_options_beside_it_win(tmp_path,
 pytestmark_flows = pytest.mark.usefixtures("prefect_harness")
 
 
-def tiny_tune(mnist_file, tmp_path, study, trials, pruner="none", **space):
+def tiny_tune(mnist_file, tmp_path, study, trials, pruner="none", warm_start=False, **space):
     return Path(tune(space=make_tune_space(**{**TINY, **space}), trials=trials, pruner=pruner,
-                     study_name=study,
+                     study_name=study, warm_start=warm_start,
                      run=RunOptions(data=str(mnist_file), reports_dir=str(tmp_path / "reports")),
                      fan_out=FanOut(runner="threads")))
 
@@ -140,13 +140,13 @@ def test_a_tune_resumes_and_a_larger_budget_trains_only_the_new_trials(mnist_fil
     capsys.readouterr()
     tiny_tune(mnist_file, tmp_path, "grow", trials=5, **space)
     out = capsys.readouterr().out
-    assert "3 finished trials in the study, 2 more to reach 5" in out
+    assert "3 of its own finished trials in the study, 2 more to reach 5" in out
     trials = load("grow").get_trials()
     assert len(trials) == 5 and {t.number: t.params for t in trials[:3]} == first
     # a rerun with the budget reached trains nothing
     capsys.readouterr()
     tiny_tune(mnist_file, tmp_path, "grow", trials=5, **space)
-    assert "5 finished trials in the study, 0 more to reach 5" in capsys.readouterr().out
+    assert "5 of its own finished trials in the study, 0 more to reach 5" in capsys.readouterr().out
     # another space under the same name is refused: its values would not compare
     with pytest.raises(UserError, match="another space"):
         tiny_tune(mnist_file, tmp_path, "grow", trials=6, units="choice:8")
@@ -165,7 +165,8 @@ def test_trials_a_dead_tune_left_running_are_asked_again_first_a_live_tunes_neve
 
     def proposer(study: str) -> TuneProposer:
         return TuneProposer(space, handle, "compiled", storage_url(), trials=4,
-                            study_name=study, heartbeat_interval=1, grace_period=2)
+                            study_name=study, warm_start=False, heartbeat_interval=1,
+                            grace_period=2)
 
     def states(study: str) -> list:
         return [t.state for t in load(study).get_trials()]

@@ -69,7 +69,7 @@ def child_tune(args: dict) -> None:
     space = make_tune_space(**SPACE)
     ready(args)
     proposer = TuneProposer(space, handle, "compiled", args["storage"], trials=args["trials"],
-                            study_name=args["study"], heartbeat_interval=1,
+                            study_name=args["study"], warm_start=False, heartbeat_interval=1,
                             grace_period=args.get("grace", 3))
     described = proposer.describe()
     if "counted" in args:  # every tune has counted the study before any trial finishes
@@ -223,7 +223,7 @@ def test_two_tunes_of_one_study_at_once_each_finish_their_own_budget(tmp_path, h
         finish(process)
     outs = [json.loads((tmp_path / f"out-{i}").read_text()) for i in range(2)]
     for out in outs:  # each counted 0 finished when it started, and finished 4 of its own
-        assert "0 finished trials in the study, 4 more to reach 4" in out["described"]
+        assert "0 of its own finished trials in the study, 4 more to reach 4" in out["described"]
         assert len(out["told"]) == 4
     told = outs[0]["told"] + outs[1]["told"]
     assert len(set(told)) == 8  # no trial told twice

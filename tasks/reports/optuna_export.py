@@ -18,16 +18,15 @@ file locked is retried whole (it replaces its study, so it can start again).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tasks.search.optuna_storage import (
     OBJECTIVE,
+    frozen_trial,
     open_storage,
     quiet_optuna,
-    result_attrs,
     retry_when_locked,
     storage_lock,
     storage_url,
@@ -37,26 +36,6 @@ from tasks.trial.result import TrialResult
 
 #: Fewest finished trials for the importance and parallel-coordinates figures.
 MIN_TRIALS_FOR_FIGURES = 4
-
-
-def frozen_trial(number: int, result: TrialResult, distributions: dict[str, Any]):
-    """An Optuna FrozenTrial of a finished TrialResult (its duration is the training time)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
-             "failed": TrialState.FAIL}[result.status]
-    params = {name: getattr(result.config, name) for name in distributions}
-    end = datetime.datetime.now()
-    start = end - datetime.timedelta(seconds=result.train_seconds or 0.0)
-    steps = {int(row["epoch"]): float(row["val_accuracy"]) for row in result.history
-             if row.get("val_accuracy") == row.get("val_accuracy")}  # not NaN
-    return optuna.trial.FrozenTrial(
-        number=number, trial_id=number, state=state,
-        value=result.val_accuracy if state != TrialState.FAIL else None,
-        datetime_start=start, datetime_complete=end, params=params,
-        distributions=distributions, user_attrs=result_attrs(result), system_attrs={},
-        intermediate_values=steps)
 
 
 def export_run(name: str, results: Sequence[TrialResult], values: dict[str, list],

@@ -28,6 +28,7 @@ from tasks.reports.optuna_export import export_and_draw
 from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.search.budget import DEFAULT_ORDERS, completed_pool, expected_best_by_budget
 from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS, SearchSpace
+from tasks.search.spending import BudgetSummary
 from tasks.trial.result import TrialResult, count_results
 
 
@@ -39,11 +40,12 @@ def write_random_report(
     reports_dir: str | os.PathLike | None = None,
     requested: int | None = None,
     storage: str | None = None,
+    spent: BudgetSummary | None = None,
 ) -> Path:
     """Write the random-search run folder; returns its final path. ``draws`` are the study's
     draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
     asked for before caching and de-duplication; ``storage``: the Optuna storage the run is
-    exported to.
+    exported to; ``spent``: the account of a budgeted search.
 
     ``trials.parquet`` is written first; the best-of-N table and every figure after it, each
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
@@ -81,7 +83,8 @@ def write_random_report(
         with run.step("best accuracy per budget"):
             budget_text = write_best_by_budget(frame, out)
         with run.step("report.md"):
-            summary = random_summary(frame, best, counts, space, plan, best_of_n, requested)
+            summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
+                                     spent)
             atomic_write_text(out / "report.md",
                               random_markdown(summary, table_text, study_text, plan,
                                               budget_text) + "\n"
@@ -133,10 +136,12 @@ def notebook_reference(space: SearchSpace) -> dict[int, tuple[float, float]] | N
 
 def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, int],
                    space: SearchSpace, plan: StudyPlan | None, best_of_n: pd.DataFrame | None,
-                   requested: int | None) -> str:
+                   requested: int | None, spent: BudgetSummary | None = None) -> str:
     lines = ["## Random search", "",
              f"Space: {space.describe()} ({space.size} configurations); {space.epochs} epochs.",
              ""]
+    if spent is not None:
+        lines.append(f"- {spent.line()}")
     if requested is not None:
         lines.append(f"- trainings asked for: {requested}; distinct configurations: "
                      f"{counts.trials}")
@@ -198,7 +203,8 @@ def write_random_report_task(results: list[TrialResult], space: SearchSpace,
                              draws: list[tuple[int, int, list[str]]] | None = None,
                              reports_dir: str | None = None,
                              requested: int | None = None,
-                             storage: str | None = None) -> str:
+                             storage: str | None = None,
+                             spent: BudgetSummary | None = None) -> str:
     """Write the random-search report folder."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested,
-                                   storage))
+                                   storage, spent))

@@ -8,27 +8,42 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from prefect import task
 
-from tasks.files import atomic_write_text
+from tasks.files import atomic_write_parquet, atomic_write_text
+from tasks.reports.figures import budget as budget_plots
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
     best_trial_line,
     default_reports_dir,
+    markdown_table,
     publish_artifacts,
     results_table,
     trials_frame,
 )
+from tasks.search.budget import (
+    DEFAULT_ORDERS,
+    completed_pool,
+    expected_best_by_budget,
+    trajectory,
+)
+from tasks.search.optuna_storage import IMPORTED_ATTR
+from tasks.search.spending import BudgetSummary
 from tasks.search.tune_space import TuneSpace
 from tasks.trial.result import TrialResult, count_results
 
 
-def study_results(study) -> list[TrialResult]:
+def study_results(study, imported: bool | None = None) -> list[TrialResult]:
     """Every finished (complete, pruned or failed) trial of the study, in trial order, as the
-    TrialResult each one stored."""
+    TrialResult each one stored; ``imported``: only those a warm start added (True), only
+    the study's own (False)."""
     results = []
     for trial in study.get_trials(deepcopy=False):
+        if imported is not None and bool(trial.user_attrs.get(IMPORTED_ATTR)) != imported:
+            continue
         stored = trial.user_attrs.get("result")
         if stored is not None:  # NaN was stored as None (strict JSON for the dashboard)
             history = [{k: math.nan if v is None else v for k, v in row.items()}
@@ -44,8 +59,10 @@ def epochs_trained(results: Sequence[TrialResult]) -> int:
 
 def write_tune_report(study_name: str, storage: str | None, results: Sequence[TrialResult],
                       space: TuneSpace, sampler: str, pruner: str,
-                      reports_dir: str | os.PathLike | None = None) -> Path:
-    """Write the tune's report folder; returns its final path. ``results``: this run's."""
+                      reports_dir: str | os.PathLike | None = None,
+                      spent: BudgetSummary | None = None, imported: int = 0) -> Path:
+    """Write the tune's report folder; returns its final path. ``results``: this run's;
+    ``spent``: a budgeted run's account; ``imported``: trials its warm start added now."""
     import optuna
     from optuna.visualization import matplotlib as ov
 
@@ -57,6 +74,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
     url = storage_url(storage)
     study = optuna.load_study(study_name=study_name, storage=url)
     everything = study_results(study)
+    imported_total = sum(bool(t.user_attrs.get(IMPORTED_ATTR)) for t in study.trials)
     frame = trials_frame(everything)
     counts = count_results(results)
     complete = frame[frame["status"] == "completed"]
@@ -80,6 +98,11 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                 figure_lines.append("![accuracy per hyperparameter](slice.png)")
         with run.step("importance and parallel-coordinates figures"):
             figure_lines += draw_study_figures(study, out)
+        budget_text = ""
+        with run.step("best accuracy per budget"):
+            budget_text = write_tune_budget(trials_frame(study_results(study, imported=False)),
+                                            trials_frame(study_results(study, imported=True)),
+                                            study_name, out)
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",
@@ -90,8 +113,13 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                 f"{epochs_trained(results)} epochs trained",
                 f"- the study: {len(complete)} complete, "
                 f"{int((frame['status'] == 'pruned').sum())} pruned, "
-                f"{int((frame['status'] == 'failed').sum())} failed trials",
+                f"{int((frame['status'] == 'failed').sum())} failed trials"
+                + (f", {imported_total} of them imported from the cache by warm starts "
+                   f"({imported} by this run), never trained by the tune"
+                   if imported_total else ""),
             ]
+            if spent is not None:
+                lines.insert(4, f"- {spent.line()}")
             if best is not None:
                 lines.append(best_trial_line(best))
             lines.append(f"- explore it: `{dashboard_command(storage)}`")
@@ -104,6 +132,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
 
 {figures_text}
 
+{budget_text}
 ## Trials, best validation accuracy first
 
 Pruned trials show the validation accuracy of their last epoch.
@@ -118,10 +147,54 @@ Files: `trials.parquet` (one row per trial of the study), `trials.txt`.
     return run.final
 
 
+def write_tune_budget(own: pd.DataFrame, imported: pd.DataFrame, study_name: str,
+                      out: Path) -> str:
+    """The tune's real best-so-far on the cost axis, from its ``own`` trials in trial order
+    (``trajectory.parquet`` / ``.txt``) and, when the study ``imported`` a pool of at least 2
+    completed trials, that pool's expected best per budget (``best_by_budget.parquet`` /
+    ``.txt``), drawn together in ``best_by_budget.png``; returns the report's section ("" when
+    nothing can be drawn)."""
+    path = trajectory(own)
+    pool = completed_pool(imported) if len(imported) else imported
+    if not np.isfinite(path["best_val_test"].to_numpy(dtype=np.float64)).any():
+        return ""
+    atomic_write_parquet(path, out / "trajectory.parquet")
+    atomic_write_text(out / "trajectory.txt", markdown_table(path, floatfmt=".4f") + "\n")
+    by_budget, pool_text = None, ""
+    if len(pool) >= 2:
+        by_budget = expected_best_by_budget(pool["val_accuracy"], pool["test_accuracy"],
+                                            pool["train_seconds"])
+        atomic_write_parquet(by_budget, out / "best_by_budget.parquet")
+        atomic_write_text(out / "best_by_budget.txt",
+                          markdown_table(by_budget, floatfmt=".4f") + "\n")
+        pool_text = (f" Beside it, what random orders of the {len(pool)} trials the warm start "
+                     "imported (grid cells, random and study draws, other tunes: not a "
+                     "uniform sample of the space) would have found for the same minutes "
+                     f"(mean and 10th-90th percentile over {DEFAULT_ORDERS} orders; "
+                     "`best_by_budget.parquet`).")
+    budget_plots.plot_best_by_budget(
+        by_budget, out / "best_by_budget.png",
+        trajectories={f"tune '{study_name}'": path},
+        pool=f"random orders of the {len(pool)} imported trials" if by_budget is not None
+        else "")
+    spent = path["minutes"].iloc[-1]
+    return f"""
+## Best accuracy per minute of training
+
+The tune's own trials in the order they ran, on the axis of the random searches' per-budget
+curve: the test accuracy of the best-by-validation trial so far against the training minutes
+spent ({spent:.2f} in all; a trial from the cache counts its measured time, a pruned one the
+epochs it trained; `trajectory.parquet`).{pool_text}
+
+![Best accuracy per minute of training](best_by_budget.png)
+"""
+
+
 @task(name="tune-report")
 def write_tune_report_task(study_name: str, storage: str | None, results: list[TrialResult],
                            space: TuneSpace, sampler: str, pruner: str,
-                           reports_dir: str | None = None) -> str:
+                           reports_dir: str | None = None,
+                           spent: BudgetSummary | None = None, imported: int = 0) -> str:
     """Write the tune's report folder."""
     return str(write_tune_report(study_name, storage, results, space, sampler, pruner,
-                                 reports_dir))
+                                 reports_dir, spent, imported))

@@ -159,3 +159,35 @@ def _orders(orders: int | np.ndarray, m: int, seed: int) -> np.ndarray:
         raise ValueError(f"orders: expected an (R, {m}) integer array of permutations of "
                          f"range({m})")
     return perms
+
+
+#: The columns of a search's real trajectory on the cost axis (:func:`trajectory`).
+TRAJECTORY_COLUMNS = ("trial", "minutes", "status", "val_accuracy", "best_val",
+                      "best_val_test")
+
+
+def trajectory(frame: pd.DataFrame) -> pd.DataFrame:
+    """A search's real best-so-far on the cost axis: one row per trial, in the order given
+    (the order the search ran them), with the cumulative training ``minutes`` spent after it
+    (completed and pruned trials count their measured time; failed ones nothing),
+    ``best_val``: the best validation accuracy of the completed trials so far, and
+    ``best_val_test``: that trial's test accuracy (the per-budget curve's first measure)."""
+    rows, spent, best_val, best_test = [], 0.0, float("nan"), float("nan")
+    for number, row in enumerate(frame.itertuples(index=False), start=1):
+        seconds = pd.to_numeric(row.train_seconds, errors="coerce")
+        if row.status != "failed" and np.isfinite(seconds) and seconds > 0:
+            spent += float(seconds) / 60.0
+        val = row.val_accuracy
+        if row.status == "completed" and val is not None and np.isfinite(val) and not (
+                np.isfinite(best_val) and val <= best_val):
+            best_val, best_test = float(val), float(row.test_accuracy)
+        rows.append({"trial": number, "minutes": spent, "status": row.status,
+                     "val_accuracy": val, "best_val": best_val, "best_val_test": best_test})
+    return pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS))
+
+
+def best_at(path: pd.DataFrame, minutes: float, column: str = "best_val") -> float:
+    """``column`` of a :func:`trajectory` once ``minutes`` of training were spent (the last
+    trial finished within them; NaN if none)."""
+    within = path[path["minutes"] <= minutes + 1e-9]
+    return float(within[column].iloc[-1]) if len(within) else float("nan")

@@ -21,6 +21,7 @@ from tasks.config import TrialConfig
 from tasks.console import say
 from tasks.data.mnist import DataHandle
 from tasks.run_options import FanOut, RunOptions
+from tasks.search.spending import Spending, Verdict, minutes_text
 from tasks.trial.faults import TRIAL_RETRIES, is_worker_loss
 from tasks.trial.pruning import TrialLink
 from tasks.trial.result import TrialResult, count_results, failed_result
@@ -70,11 +71,21 @@ class Proposer(Protocol):
     def results(self) -> list[TrialResult]:
         """Every result told, in the order the search's report wants them."""
 
+    def withdraw(self, asked: Ask) -> None:
+        """An ask the loop will not train (the budget ended the search before it)."""
 
-def progress_line(result: TrialResult, done: int, total: int) -> str:
-    """One terminal line per finished trial."""
+
+def progress_line(result: TrialResult, done: int, total: int | None, note: str = "") -> str:
+    """One terminal line per finished trial (``total`` None: not known in advance, as with a
+    budget; ``note`` is added in brackets)."""
     width = len(str(total))
-    head = f"[{done:>{width}}/{total}] {result.config.label()}"
+    head = (f"[{done:>{width}}/{total}]" if total is not None else f"[{done}]") + \
+        f" {result.config.label()}"
+    tail = f" [{note}]" if note else ""
+    return _progress_body(result, head) + tail
+
+
+def _progress_body(result: TrialResult, head: str) -> str:
     if result.status == "failed":
         return f"{head} -> FAILED: {result.error}"
     if result.status == "pruned":
@@ -117,13 +128,16 @@ def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
 
 
 def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOptions(),
-               fan_out: FanOut = FanOut(), refresh: bool = False) -> list[TrialResult]:
+               fan_out: FanOut = FanOut(), refresh: bool = False,
+               spending: Spending | None = None) -> list[TrialResult]:
     """Ask ``proposer`` for configs, train each as ``train_trial_task`` through the task runner
     ``fan_out`` names, tell it every result; return ``proposer.results()``.
 
     Must be called inside a flow. Never raises for a failed trial: it comes back with
     ``status="failed"``. ``refresh`` trains even what the cache holds (and stores the new
-    result)."""
+    result). ``spending``: a budget of training minutes; no config starts that it cannot
+    finish (:mod:`tasks.search.spending`), and the search ends at the first that does not
+    fit with nothing in flight."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.futures import as_completed
 
@@ -132,12 +146,16 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
     plan = proposer.plan()
     say(proposer.describe())
     kind, workers, line = size_runner(plan, data, fan_out, run.backend, refresh)
+    if spending is not None:
+        line = (f"Budget: {minutes_text(spending.minutes)} of training, {kind} x {workers}; "
+                f"no trial starts that the rest cannot finish")
     if line:
         say(line)
-    total = plan.trials
+    total = plan.trials if spending is None else None
     progress_id = create_progress_artifact(
         0.0, key=f"{proposer.name}-progress",
-        description=f"{total} trials finished, in percent")
+        description=(f"{total} trials finished, in percent" if total is not None else
+                     "training budget spent, in percent"))
     trial_task = configured_task(refresh)
     finished: dict[str, TrialResult] = {}
     in_flight: dict[Any, Ask] = {}
@@ -145,31 +163,44 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
     waiting: dict[str, list[Ask]] = {}  # repeats of a config in flight
     again: list[Ask] = []  # trials a lost worker held, to submit first on a fresh pool
     losses: dict[str, int] = {}  # config -> times its worker was lost
+    deferred: list[Ask] = []  # an ask the budget could not start yet (trials in flight)
+    stopped = False  # the budget ended the search: nothing more is asked
     done = 0
 
     def finish(asked: Ask, result: TrialResult) -> None:
         nonlocal done
         proposer.tell(asked, result)
         done += 1
-        say(progress_line(result, done, total))
-        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+        say(progress_line(result, done, total,
+                          spending.status() if spending is not None else ""))
+        share = (done / max(total, 1) if total is not None
+                 else spending.spent_seconds / spending.budget_seconds)
+        update_progress_artifact(progress_id, min(100.0, 100.0 * share))
 
     def settle(asked: Ask, result: TrialResult) -> None:
         name = asked.config.canonical_json()
         running.discard(name)
         finished[name] = result
+        if spending is not None:
+            spending.charge(result)
         finish(asked, result)
         for repeat in waiting.pop(name, []):
             finish(repeat, result.model_copy(update={"cached": True}))
 
-    def next_ask() -> Ask | None:
-        return again.pop(0) if again else proposer.ask()
+    def next_ask() -> tuple[Ask | None, bool]:
+        """The next ask, and whether the budget must admit it (a retried one was admitted)."""
+        if again:
+            return again.pop(0), False
+        if deferred:
+            return deferred.pop(), True
+        return (None, False) if stopped else (proposer.ask(), True)
 
     while True:
         with make_task_runner(kind, workers, fan_out.dask_address) as pool:
             def fill() -> None:
+                nonlocal stopped
                 while len(in_flight) < workers:
-                    asked = next_ask()
+                    asked, gated = next_ask()
                     if asked is None:
                         return
                     name = asked.config.canonical_json()
@@ -178,6 +209,16 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
                     elif name in running:
                         waiting.setdefault(name, []).append(asked)
                     else:
+                        if gated and spending is not None:
+                            verdict = spending.admit(asked.config)
+                            if verdict is Verdict.WAIT:
+                                deferred.append(asked)
+                                return
+                            if verdict is Verdict.STOP:
+                                proposer.withdraw(asked)
+                                stopped = True
+                                return
+                            spending.started(asked.config)
                         running.add(name)
                         future = pool.submit(trial_task, parameters={
                             "config": asked.config, "data": data, "backend": run.backend,
@@ -222,6 +263,8 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
                                      else ""))
     results = proposer.results()
     say(f"{proposer.title} done: {count_results(results).summary()}")
+    if spending is not None:
+        say(spending.summary().line())
     return results
 
 

@@ -22,6 +22,7 @@ a tune runs). For a SQLite file that needs two things Optuna does not do by itse
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import math
 import os
@@ -163,3 +164,27 @@ def result_attrs(result: TrialResult) -> dict[str, Any]:
     return json_safe({"test_accuracy": result.test_accuracy, "trial_key": result.trial_key,
                       "train_seconds": result.train_seconds, "cached": result.cached,
                       "status": result.status, "result": result.model_dump(mode="json")})
+
+
+#: The user attribute of a tune's trial added by a warm start (trained before, by any search).
+IMPORTED_ATTR = "imported"
+
+
+def frozen_trial(number: int, result: TrialResult, distributions: dict[str, Any]):
+    """An Optuna FrozenTrial of a finished TrialResult (its duration is the training time)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+             "failed": TrialState.FAIL}[result.status]
+    params = {name: getattr(result.config, name) for name in distributions}
+    end = datetime.datetime.now()
+    start = end - datetime.timedelta(seconds=result.train_seconds or 0.0)
+    steps = {int(row["epoch"]): float(row["val_accuracy"]) for row in result.history
+             if row.get("val_accuracy") == row.get("val_accuracy")}  # not NaN
+    return optuna.trial.FrozenTrial(
+        number=number, trial_id=number, state=state,
+        value=result.val_accuracy if state != TrialState.FAIL else None,
+        datetime_start=start, datetime_complete=end, params=params,
+        distributions=distributions, user_attrs=result_attrs(result), system_attrs={},
+        intermediate_values=steps)

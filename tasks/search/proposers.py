@@ -27,15 +27,19 @@ def unique_configs(configs: Sequence[TrialConfig]) -> list[TrialConfig]:
 
 
 class ListProposer:
-    """A fixed list of configs (repeats allowed: they train once), for :func:`run_trials`."""
+    """A fixed list of configs (repeats allowed: they train once), for :func:`run_trials`.
+    Asked in order of cost, the costliest first, or, with ``in_order``, in the order given
+    (a budgeted search: the budget must buy what a random search would draw, not the largest
+    networks)."""
 
     def __init__(self, configs: Sequence[TrialConfig], data: DataHandle, name: str,
-                 title: str, description: str = ""):
+                 title: str, description: str = "", in_order: bool = False):
         self.configs = list(configs)
         self.name, self.title, self.description = name, title, description
         distinct = unique_configs(self.configs)
         self._distinct = tuple(distinct)
-        self._queue = sorted(distinct, key=lambda c: -c.training_cost(data.train_size))
+        self._queue = (list(distinct) if in_order else
+                       sorted(distinct, key=lambda c: -c.training_cost(data.train_size)))
         self._told: dict[str, TrialResult] = {}
 
     def plan(self) -> Plan:
@@ -50,6 +54,9 @@ class ListProposer:
 
     def tell(self, asked: Ask, result: TrialResult) -> None:
         self._told[asked.config.canonical_json()] = result
+
+    def withdraw(self, asked: Ask) -> None:
+        """Not trained (the budget ended the search): it is left out of the results."""
 
     def results(self) -> list[TrialResult]:
         """In the order of the configs given, a repeat sharing its config's result."""
@@ -71,11 +78,14 @@ def _random_line(configs: Sequence[TrialConfig]) -> str:
 
 
 def random_proposer(space: SearchSpace, trials: int, draw_seed: int,
-                    data: DataHandle) -> ListProposer:
+                    data: DataHandle, budgeted: bool = False) -> ListProposer:
     """``trials`` distinct configs drawn uniformly without replacement (a larger ``trials``
-    with the same seed extends a smaller one)."""
+    with the same seed extends a smaller one). ``budgeted``: asked in the order drawn, until
+    the budget ends the search (:mod:`tasks.search.spending`)."""
     configs = sample_configs(space, trials, draw_seed)
-    return ListProposer(configs, data, "random", "Random search", _random_line(configs))
+    line = (f"Random search on a budget: up to {len(configs)} distinct configurations, in "
+            "the order drawn" if budgeted else _random_line(configs))
+    return ListProposer(configs, data, "random", "Random search", line, in_order=budgeted)
 
 
 class StudyDraws:

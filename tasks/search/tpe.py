@@ -68,7 +68,9 @@ from tasks.data.mnist import DataHandle
 from tasks.errors import UserError
 from tasks.search.loop import Ask, Plan
 from tasks.search.optuna_storage import (
+    IMPORTED_ATTR,
     OBJECTIVE,
+    frozen_trial,
     open_storage,
     quiet_optuna,
     result_attrs,
@@ -180,7 +182,8 @@ class TuneProposer:
 
     def __init__(self, space: TuneSpace, data: DataHandle, backend: str, storage: str,
                  trials: int = 50, sampler: str = "tpe", pruner: str = "none", seed: int = 0,
-                 study_name: str = "tune", *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 study_name: str = "tune", *, warm_start: bool = True,
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  grace_period: int = GRACE_PERIOD):
         import optuna
         from optuna.trial import TrialState
@@ -215,9 +218,12 @@ class TuneProposer:
             if self.study.metric_names != [OBJECTIVE]:
                 self.study.set_metric_names([OBJECTIVE])
             self.recover()
+            self.imported = self.import_cached(data, backend) if warm_start else 0
             every = self.study.get_trials(deepcopy=False)
+            self.imported_total = sum(bool(t.user_attrs.get(IMPORTED_ATTR)) for t in every)
+            # --trials counts the study's own trials (asked by its sampler), not imported ones
             self.finished_before = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                                       for t in every)
+                                       and not t.user_attrs.get(IMPORTED_ATTR) for t in every)
             point, started = self.storage.get_study_system_attrs(self.study_id).get(
                 STARTS_ATTR, [-1, 0])
             started = started if point == len(every) else 0
@@ -232,6 +238,25 @@ class TuneProposer:
         self.asked = 0
         self._results: list[TrialResult] = []
         atexit.register(close_at_exit, weakref.ref(self))
+
+    def import_cached(self, data: DataHandle, backend: str) -> int:
+        """Warm start: add every completed trial of the cache that lies in this study's space
+        (same epochs, seed and protocol, data and backend) and is not in the study yet, as a
+        complete trial with its epochs' values; none is trained. Returns how many were added.
+        Called under the storage lock (two tunes starting at once import once)."""
+        from tasks.trial.store import cached_results
+
+        have = {t.user_attrs.get("trial_key") for t in self.study.get_trials(deepcopy=False)}
+        distributions = self.space.distributions()
+        new = [r for r in cached_results(data.fingerprint, backend)
+               if r.status == "completed" and r.trial_key not in have
+               and self.space.params_of(r.config) is not None]
+        if new:
+            trials = [frozen_trial(0, r, distributions) for r in new]
+            for trial in trials:
+                trial.set_user_attr(IMPORTED_ATTR, True)
+            self.study.add_trials(trials)
+        return len(new)
 
     def recover(self) -> None:
         """Fail the running trials of dead tunes and enqueue their configs (module doc):
@@ -264,9 +289,11 @@ class TuneProposer:
         return Plan(trials=self.to_finish, epochs=self.space.epochs)
 
     def describe(self) -> str:
+        warm = (f"; warm start: {self.imported} trials imported from the cache now, "
+                f"{self.imported_total} in all" if self.imported_total else "")
         return (f"Tune '{self.study_name}' ({self.sampler_name} sampler, pruner {self.pruner}): "
-                f"{self.finished_before} finished trials in the study, "
-                f"{self.to_finish} more to reach {self.trials}")
+                f"{self.finished_before} of its own finished trials in the study, "
+                f"{self.to_finish} more to reach {self.trials}{warm}")
 
     def ask(self) -> Ask | None:
         if self.asked >= self.to_finish:
@@ -330,6 +357,19 @@ class TuneProposer:
     def results(self) -> list[TrialResult]:
         """In the order the trials finished."""
         return list(self._results)
+
+    def withdraw(self, asked: Ask) -> None:
+        """An asked trial the budget did not start: failed in the study and its config
+        enqueued, so that the next tune of the study asks it first."""
+        trial = asked.token
+        self.heartbeats.release(trial.number)
+        trial.set_user_attr("withdrawn", "not started: it did not fit in the budget")
+        with storage_lock(self.url):
+            if self.fail(trial.number):
+                self.study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+        self.asked = self.to_finish  # nothing more is asked
+        if not self.heartbeats.holding():
+            self.heartbeats.stop()
 
     def close(self) -> None:
         """Stop the heartbeats. The trials still held (asked, never told: the run stopped

@@ -139,6 +139,20 @@ class Dimension(BaseModel):
             return FloatDistribution(self.low, self.high, step=10.0 ** -self.precision)
         return FloatDistribution(self.low, self.high, log=True)
 
+    def holds(self, value: Value) -> bool:
+        """Whether ``value`` is one this dimension can give a trial (a choice, or a value in
+        the range at the declared precision)."""
+        if self.kind == "choice":
+            return any(value == c and isinstance(value, str) == isinstance(c, str)
+                       for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.kind.startswith("int"):
+            return float(value).is_integer()
+        return self.round(value) == value
+
     @property
     def size(self) -> float:
         """Distinct values after rounding (inf: not counted)."""
@@ -222,6 +236,17 @@ class TuneSpace(BaseModel):
         dims = self.dimensions()
         return make_config(**self.fixed(),
                            **{name: dims[name].round(value) for name, value in params.items()})
+
+    def params_of(self, config: TrialConfig) -> dict[str, Value] | None:
+        """The sampled values that give ``config`` in this space, or None if it does not lie
+        in it (another fixed field, or a value no dimension can give)."""
+        if any(getattr(config, name) != value for name, value in self.fixed().items()):
+            return None
+        params = {name: getattr(config, name) for name in SEARCH_FIELDS}
+        dims = self.dimensions()
+        if not all(dims[name].holds(value) for name, value in params.items()):
+            return None
+        return params
 
     @property
     def size(self) -> float:

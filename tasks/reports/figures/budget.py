@@ -27,28 +27,38 @@ _SERIES = (
 
 
 @figures.locked
-def plot_best_by_budget(table: pd.DataFrame, path: figures.PathLike,
-                        notebook: dict[float, tuple[float, float]] | None = None) -> Path:
+def plot_best_by_budget(table: pd.DataFrame | None, path: figures.PathLike,
+                        notebook: dict[float, tuple[float, float]] | None = None,
+                        trajectories: dict[str, pd.DataFrame] | None = None,
+                        pool: str = "") -> Path:
     """Expected best accuracy vs the training minutes spent: for each measure, the mean over
     random orders of the pool as a line and its 10th-90th percentile band, shaded.
 
     x is the budget in minutes of measured training time on the machine that trained the
     trials (logarithmic); budgets where no order finished a trial (NaN) are not drawn.
     ``notebook`` (``{minutes: (mean, std)}``), when given, is drawn as a reference series of
-    black squares with error bars.
+    black squares with error bars. ``trajectories``: real searches on the same axes, each a
+    :func:`tasks.search.budget.trajectory` (``{label: table}``), drawn as a step line of its
+    best-by-validation trial's test accuracy. ``table`` may be None when only trajectories
+    are drawn; ``pool`` names the pool in the legend.
     """
-    figures.require_columns(table, _BUDGET_COLUMNS, "plot_best_by_budget")
     title = "Best accuracy per minute of training"
-    data = table.sort_values("budget_minutes")
-    x = data["budget_minutes"].to_numpy(dtype=np.float64)
-    if (x <= 0).any():
-        raise ValueError("plot_best_by_budget: every budget must be > 0 (log-scale x axis)")
-    drawn = np.isfinite(data["best_val_test_mean"].to_numpy(dtype=np.float64))
-    if not drawn.any():
+    paths = {label: path_ for label, path_ in (trajectories or {}).items()
+             if np.isfinite(path_["best_val_test"].to_numpy(dtype=np.float64)).any()}
+    if table is not None:
+        figures.require_columns(table, _BUDGET_COLUMNS, "plot_best_by_budget")
+        data = table.sort_values("budget_minutes")
+        x = data["budget_minutes"].to_numpy(dtype=np.float64)
+        if (x <= 0).any():
+            raise ValueError("plot_best_by_budget: every budget must be > 0 (log-scale x axis)")
+        if not np.isfinite(data["best_val_test_mean"].to_numpy(dtype=np.float64)).any():
+            table = None
+    if table is None and not paths:
         return figures.save(figures.message_figure("No budget finished a trial", title), path)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for k, (name, label) in enumerate(_SERIES):
+    for k, (name, label) in enumerate(_SERIES if table is not None else ()):
+        label = f"{pool}: {label}" if pool else label
         colour = f"C{k}"
         mean, low, high = (data[f"{name}_{stat}"].to_numpy(dtype=np.float64)
                            for stat in ("mean", "p10", "p90"))
@@ -56,6 +66,12 @@ def plot_best_by_budget(table: pd.DataFrame, path: figures.PathLike,
         ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.2, linewidth=0,
                         label=f"{label}: 10th-90th percentile")
         ax.plot(x[ok], mean[ok], color=colour, marker="o", markersize=3, label=f"{label}: mean")
+    for k, (label, path_) in enumerate(paths.items()):
+        best = path_["best_val_test"].to_numpy(dtype=np.float64)
+        minutes = path_["minutes"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(best) & (minutes > 0)
+        ax.step(minutes[ok], best[ok], where="post", color=f"C{k + 2}", linewidth=2,
+                label=f"{label}: test accuracy of its best-by-validation trial so far")
     if notebook:
         minutes = np.array(sorted(notebook), dtype=np.float64)
         ax.errorbar(minutes, [notebook[m][0] for m in sorted(notebook)],
