@@ -99,6 +99,13 @@ def test_report_content_matches_the_parquet_table(mnist_file, tmp_path):
         assert (f"dropout = {row.dropout:.2f}, {row.units} neurons -> accuracy "
                 f"{row.test_accuracy:.3f}") in report
     assert (folder / "heatmap_test_accuracy.png").stat().st_size > 5000
+    # accuracy against size: the front of the 4 cells, and the report's direct answer
+    from tasks.search.pareto import pareto_front
+
+    front = pd.read_parquet(folder / "pareto.parquet")
+    assert list(front["trial_key"]) == list(pareto_front(trials)["trial_key"])
+    assert "Smallest network within 0.005 of the best validation accuracy:" in report
+    assert "](pareto.png)" in report and (folder / "pareto.png").stat().st_size > 5000
 
 
 def test_a_transient_failure_is_retried(mnist_file, tmp_path, monkeypatch, capsys):
@@ -233,7 +240,8 @@ def test_the_whole_exercise_writes_one_combined_report(mnist_file, tmp_path):
     for part in ("grid", "random"):
         assert (pd.read_parquet(parts[part] / "trials.parquet")["epochs"] == 1).all()
     report = (folder / "report.md").read_text()
-    for heading in ("# Baseline", "# Grid search", "# Random search", "Max accuracy estimate"):
+    for heading in ("# Baseline", "# Grid search", "# Random search", "Max accuracy estimate",
+                    "## Accuracy against size"):
         assert heading in report
     links = re.findall(r"\]\(([^)]+\.png)\)", report)
     assert len(links) > 10 and all((folder / link).resolve().exists() for link in links)

@@ -22,6 +22,7 @@ from tasks.reports.folder import (
     trials_frame,
 )
 from tasks.reports.optuna_export import export_and_draw
+from tasks.reports.pareto import write_pareto
 from tasks.search.space import SEARCH_FIELDS, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 
@@ -63,11 +64,14 @@ def write_grid_report(
             figures.append(name)
         with run.step("Optuna study and figures"):
             optuna_text = export_and_draw(run, "grid", results, space, storage)
+        pareto_text = ""
+        with run.step("accuracy against size"):
+            pareto_text = write_pareto(frame, out)
         with run.step("report.md"):
             summary = grid_summary(frame, best, counts, space, wall_seconds)
             atomic_write_text(out / "report.md",
-                              grid_markdown(summary, frame, table_text, figures) + "\n"
-                              + optuna_text)
+                              grid_markdown(summary, frame, table_text, figures) + pareto_text
+                              + "\n" + optuna_text)
     publish_artifacts("grid-results", table, summary, run.final,
                       f"Grid search: {space.describe()}")
     return run.final

@@ -25,6 +25,7 @@ from tasks.reports.folder import (
     trials_frame,
 )
 from tasks.reports.optuna_export import export_and_draw
+from tasks.reports.pareto import write_pareto
 from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.search.budget import DEFAULT_ORDERS, completed_pool, expected_best_by_budget
 from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS, SearchSpace
@@ -82,12 +83,15 @@ def write_random_report(
         budget_text = ""
         with run.step("best accuracy per budget"):
             budget_text = write_best_by_budget(frame, out)
+        pareto_text = ""
+        with run.step("accuracy against size"):
+            pareto_text = write_pareto(frame, out)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
                                      spent)
             atomic_write_text(out / "report.md",
                               random_markdown(summary, table_text, study_text, plan,
-                                              budget_text) + "\n"
+                                              budget_text + pareto_text) + "\n"
                               + optuna_text)
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")

@@ -24,6 +24,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
+from tasks.reports.pareto import write_pareto
 from tasks.search.budget import (
     DEFAULT_ORDERS,
     completed_pool,
@@ -103,6 +104,9 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
             budget_text = write_tune_budget(trials_frame(study_results(study, imported=False)),
                                             trials_frame(study_results(study, imported=True)),
                                             study_name, out)
+        pareto_text = ""
+        with run.step("accuracy against size"):
+            pareto_text = write_pareto(frame, out)
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",
@@ -132,7 +136,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
 
 {figures_text}
 
-{budget_text}
+{budget_text}{pareto_text}
 ## Trials, best validation accuracy first
 
 Pruned trials show the validation accuracy of their last epoch.
