@@ -11,6 +11,14 @@ tune resumes and extends across runs: ``--trials`` is the number of finished (co
 pruned) trials the study should hold. A tune counts the finished trials when it starts and
 finishes the rest itself: ``to_finish = trials - finished at its start``.
 
+A tune starts warm (``warm_start``, :meth:`TuneProposer.import_cached`): before its first
+ask, every completed trial of the result cache that lies in the study's space (same epochs,
+seed, protocol, data and backend; from grids, random searches, studies, other tunes) and is
+not in the study yet is added to it as a complete trial with its per-epoch values and the
+user attribute ``imported``; none is trained. Imported trials inform the sampler (TPE models
+from them at once) but do not count toward ``trials``: that is the number of the study's
+*own* finished trials, those its sampler asked for.
+
 Several tunes of one study at once (other processes, other machines on a shared database)
 are allowed. Each finishes its own ``to_finish`` trials, whatever the others do meanwhile, so
 two tunes started on one study before either finished a trial add up: on an empty study, tune A
