@@ -112,6 +112,9 @@ def main() -> None:
                         help="training minutes per tune (default: 10)")
     parser.add_argument("--at", type=float, nargs="+", default=[2.0, 5.0, 10.0],
                         help="budgets to compare at, in minutes (default: 2 5 10)")
+    parser.add_argument("--figure", default=None,
+                        help="also draw the random search's expected curve and each method's "
+                             "seed-0 trajectory into this PNG")
     args = parser.parse_args()
     if args.seeds < 1 or args.seeds * WARM > POOL:
         parser.error(f"--seeds must be 1..{POOL // WARM}")
@@ -159,6 +162,23 @@ def main() -> None:
                       f"{run['wall']:.0f} s wall", flush=True)
             print(f"after {seed + 1} seed(s), {time.perf_counter() - started:.0f} s wall:")
             print_table(args.at, random, best_in_pool, runs)
+            if args.figure:
+                draw(args.figure, done, runs)
+
+
+def draw(path: str, pool: pd.DataFrame, runs: dict[str, list[dict]]) -> None:
+    """The pool's expected curve (test accuracy of the best-by-validation trial) and each
+    method's first trajectory, on the per-budget axes."""
+    from tasks.reports.figures.budget import plot_best_by_budget
+    from tasks.search.budget import expected_best_by_budget
+
+    table = expected_best_by_budget(pool["val_accuracy"], pool["test_accuracy"],
+                                    pool["train_seconds"])
+    plot_best_by_budget(table, path, pool=f"random search ({POOL}-trial pool, random orders)",
+                        measures=("best_val_test",),
+                        trajectories={f"{method}, seed 0": method_runs[0]["path"]
+                                      for method, method_runs in runs.items() if method_runs})
+    print(f"figure: {path}")
 
 
 def print_table(at: list[float], random: pd.DataFrame, best_in_pool: float,

@@ -30,7 +30,8 @@ _SERIES = (
 def plot_best_by_budget(table: pd.DataFrame | None, path: figures.PathLike,
                         notebook: dict[float, tuple[float, float]] | None = None,
                         trajectories: dict[str, pd.DataFrame] | None = None,
-                        pool: str = "") -> Path:
+                        pool: str = "", measures: tuple[str, ...] = ("best_val_test",
+                                                                     "max_test")) -> Path:
     """Expected best accuracy vs the training minutes spent: for each measure, the mean over
     random orders of the pool as a line and its 10th-90th percentile band, shaded.
 
@@ -40,7 +41,8 @@ def plot_best_by_budget(table: pd.DataFrame | None, path: figures.PathLike,
     black squares with error bars. ``trajectories``: real searches on the same axes, each a
     :func:`tasks.search.budget.trajectory` (``{label: table}``), drawn as a step line of its
     best-by-validation trial's test accuracy. ``table`` may be None when only trajectories
-    are drawn; ``pool`` names the pool in the legend.
+    are drawn; ``pool`` names the pool in the legend; ``measures``: the pool's series drawn.
+    With trajectories or a named pool, the legend goes below the axes.
     """
     title = "Best accuracy per minute of training"
     paths = {label: path_ for label, path_ in (trajectories or {}).items()
@@ -56,8 +58,11 @@ def plot_best_by_budget(table: pd.DataFrame | None, path: figures.PathLike,
     if table is None and not paths:
         return figures.save(figures.message_figure("No budget finished a trial", title), path)
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for k, (name, label) in enumerate(_SERIES if table is not None else ()):
+    below = bool(paths or pool)
+    entries = (len(measures) * 2 if table is not None else 0) + len(paths)
+    fig, ax = plt.subplots(figsize=(8.5, 4.8 + (0.22 * entries + 0.6 if below else 0)))
+    series = [(k, name, label) for k, (name, label) in enumerate(_SERIES) if name in measures]
+    for k, name, label in (series if table is not None else ()):
         label = f"{pool}: {label}" if pool else label
         colour = f"C{k}"
         mean, low, high = (data[f"{name}_{stat}"].to_numpy(dtype=np.float64)
@@ -83,5 +88,8 @@ def plot_best_by_budget(table: pd.DataFrame | None, path: figures.PathLike,
                   "trained the trials)", fontsize=9)
     ax.set_ylabel("Accuracy")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if below:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     return figures.save(fig, path)
