@@ -5,6 +5,7 @@
     python flows/tune.py --space-file examples/space.toml --study-name continuous
     python flows/tune.py --learning-rate log_uniform:1e-5:1e-1 --pruner median --trials 40
     python flows/tune.py --budget 10m --study-name ten-minutes      # 10 training minutes
+    python flows/tune.py --objectives val_accuracy params --study-name small  # Pareto front
 
 Every asked config trains as the same cached task as the grid and the random search (anything
 trained before costs nothing). The study lives in an Optuna storage (``optuna.db`` in the data
@@ -30,7 +31,7 @@ from tasks.reports.tune import write_tune_report_task
 from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
 from tasks.search.spending import make_spending
-from tasks.search.tpe import SamplerName, TuneProposer
+from tasks.search.tpe import NOT_RECORDED, OBJECTIVES, SamplerName, TuneProposer, check_objectives
 from tasks.search.tune_space import (
     DEFAULT_TUNE_SPACE,
     TuneSpace,
@@ -58,6 +59,12 @@ Pruner = Annotated[PrunerName, Field(
                 "trials at that epoch) or hyperband; none: every trial trains all its epochs")]
 SamplerSeed = Annotated[Seed, Field(
     description="seed of the sampler (a resumed study continues from its own state)")]
+Objectives = Annotated[list[str], Field(
+    description=f"what the study optimizes: {', '.join(OBJECTIVES)} ({OBJECTIVES['params'].label}, "
+                "minimized); val_accuracy first; more than one makes a multi-objective study "
+                "whose Pareto front optuna-dashboard and the report show (no pruner then); "
+                f"not yet: {', '.join(NOT_RECORDED)} (not recorded). E.g. val_accuracy params "
+                "or val_accuracy,params")]
 StudyName = Annotated[str, Field(
     description="the Optuna study: a tune with the same name resumes and extends it")]
 Storage = Annotated[str | None, Field(
@@ -74,6 +81,7 @@ def tune(
     warm_start: WarmStart = True,
     sampler: Sampler = "tpe",
     pruner: Pruner = "none",
+    objectives: Objectives = ["val_accuracy"],  # noqa: B006 (read, never changed)
     sampler_seed: SamplerSeed = 0,
     study_name: StudyName = "tune",
     storage: Storage = None,
@@ -82,14 +90,18 @@ def tune(
 ) -> str:
     """Run the Optuna study ``study_name`` until it holds ``trials`` finished trials and write
     its report (on a ``budget``: until it is spent); returns the report folder. ``epochs``,
-    when given, replaces ``space.epochs``."""
+    when given, replaces ``space.epochs``. ``objectives``: more than one makes a
+    multi-objective study (no pruner)."""
+    # here too: a deployment's run is not checked by the command line's check()
+    objectives = check_objectives(objectives, pruner)
     space = with_epochs(space, epochs)
     storage = run.optuna_storage(storage)
     data = prepare_data_task(run.data, run.split(), run.data_dir)
     spending = make_spending(budget, data, run.backend)
     wanted = trials if trials is not None else (UNBOUNDED if budget is not None else 50)
     proposer = TuneProposer(space, data, run.backend, storage, wanted, sampler, pruner,
-                            sampler_seed, study_name, warm_start=warm_start)
+                            sampler_seed, study_name, warm_start=warm_start,
+                            objectives=objectives)
     results = run_trials(proposer, data, run, fan_out, spending=spending)
     report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
                                     run.reports_dir,
@@ -102,6 +114,7 @@ def check(kwargs: dict) -> None:
     """Cross-field rules, before anything starts."""
     if not kwargs.get("study_name", "tune").strip():
         raise UserError("study_name='': give the study a name")
+    check_objectives(kwargs.get("objectives", ["val_accuracy"]), kwargs.get("pruner", "none"))
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -137,10 +137,22 @@ def varying(study) -> list[str]:
     return sorted(n for n in names if len({t.params.get(n) for t in trials}) > 1)
 
 
+def multi_objective(study) -> bool:
+    """Whether the study has several objectives (its first one the validation accuracy)."""
+    return len(study.directions) > 1
+
+
+def first_value(trial) -> float | None:
+    """A trial's value, or its first one (the validation accuracy) in a multi-objective
+    study."""
+    return None if trial.values is None else trial.values[0]
+
+
 def draw_study_figures(study, folder: Path) -> list[str]:
     """Optuna's parameter-importance figure and our parallel coordinates
     (:func:`parallel_coordinates_figure`) into ``folder``; returns report.md lines (a sentence
-    instead of a figure when there is too little to draw)."""
+    instead of a figure when there is too little to draw). In a multi-objective study both are
+    drawn for the first objective, the validation accuracy."""
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ov
@@ -157,8 +169,11 @@ def draw_study_figures(study, folder: Path) -> list[str]:
     lines = []
     with figures.LOCK:
         if len(params) >= 2:
+            # PED-ANOVA takes a target as lower-is-better: the accuracy negated
+            target = ({"target": lambda t: -t.values[0], "target_name": "val accuracy"}
+                      if multi_objective(study) else {})
             ax = ov.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(),
-                                           params=params)
+                                           params=params, **target)
             ax.set_title("", loc="left")  # Optuna's own, replaced by ours
             ax.set_title("Parameter importance for validation accuracy (PED-ANOVA)")
             ax.figure.set_size_inches(8, 1.2 + 0.6 * len(params))
@@ -280,27 +295,28 @@ def parallel_coordinates_figure(study, params: Sequence[str], target_name: str =
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
+    # a multi-objective study's trials by their first value (the validation accuracy)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.value is not None and math.isfinite(t.value)
+              if first_value(t) is not None and math.isfinite(first_value(t))
               and all(p in t.params for p in params)]
     if not trials:
         from tasks.reports.figures.common import message_figure
 
         return message_figure(f"No finished trial has all of {', '.join(params)}.",
                               title="Parallel coordinates")
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    trials.sort(key=lambda t: t.value, reverse=maximize)  # best first
+    maximize = study.directions[0] == StudyDirection.MAXIMIZE
+    trials.sort(key=first_value, reverse=maximize)  # best first
     n = len(trials)
     top = max(1, math.ceil(TOP_SHARE * n))
     names = [target_name, *params]
-    axes = [objective_axis([t.value for t in trials], maximize)]
+    axes = [objective_axis([first_value(t) for t in trials], maximize)]
     axes += [parallel_axis([t.params[p] for t in trials],
                            list(dict.fromkeys(t.distributions[p] for t in trials)))
              for p in params]
     ys = np.column_stack([a[0] for a in axes])
     xs = np.arange(len(axes), dtype=float)
     lines = np.stack([np.column_stack([xs, y]) for y in ys])
-    values = np.array([t.value for t in trials])
+    values = np.array([first_value(t) for t in trials])
 
     with plt.style.context("default"):  # Optuna's figures switch pyplot to ggplot
         fig, ax = plt.subplots(figsize=(2.0 + 2.1 * len(axes), 6.0))

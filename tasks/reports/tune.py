@@ -1,5 +1,7 @@
 """The tune report: the whole study (every run of it so far), best trial, Optuna's history,
-slice, importance and parallel-coordinates figures, Parquet, artifacts."""
+slice, importance and parallel-coordinates figures, Parquet, artifacts. A multi-objective
+study's figures are drawn for its first objective (the validation accuracy), and it gets
+Optuna's Pareto-front figure too (``pareto_front_optuna.png``)."""
 
 from __future__ import annotations
 
@@ -68,7 +70,11 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
     from optuna.visualization import matplotlib as ov
 
     from tasks.reports.figures import common as figures
-    from tasks.reports.optuna_export import dashboard_command, draw_study_figures
+    from tasks.reports.optuna_export import (
+        dashboard_command,
+        draw_study_figures,
+        multi_objective,
+    )
     from tasks.search.optuna_storage import quiet_optuna, storage_url
 
     quiet_optuna()
@@ -80,6 +86,9 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
     counts = count_results(results)
     complete = frame[frame["status"] == "completed"]
     best = best_trial(frame)
+    multi = multi_objective(study)
+    # a multi-objective study's figures are drawn for its first value, the validation accuracy
+    target = {"target": lambda t: t.values[0]} if multi else {}
     with RunFolder(reports_dir or default_reports_dir(), "tune") as run:
         out = run.path
         run.write_results(frame)
@@ -87,18 +96,24 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
         figure_lines = []
         if len(complete) >= 2:
             with run.step("optimization history figure"), figures.LOCK:
-                ax = ov.plot_optimization_history(study, target_name="val accuracy")
-                ax.set_title(f"Tune '{study_name}': validation accuracy per trial, best so far")
+                ax = ov.plot_optimization_history(study, target_name="val accuracy", **target)
+                # with a target, Optuna draws no best-so-far line (it cannot tell the direction)
+                ax.set_title(f"Tune '{study_name}': validation accuracy per trial"
+                             + ("" if multi else ", best so far"))
                 figures.save(ax.figure, out / "history.png")
                 figure_lines.append("![optimization history](history.png)")
             with run.step("slice figure"), figures.LOCK:
-                axes = ov.plot_slice(study, target_name="val accuracy")
+                axes = ov.plot_slice(study, target_name="val accuracy", **target)
                 fig = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
                 fig.set_size_inches(4 * len(space.dimensions()), 4)
                 figures.save(fig, out / "slice.png")
                 figure_lines.append("![accuracy per hyperparameter](slice.png)")
         with run.step("importance and parallel-coordinates figures"):
             figure_lines += draw_study_figures(study, out)
+        front_text = ""
+        if multi:
+            with run.step("Pareto-front figure"):
+                front_text = write_pareto_front_figure(study, study_name, out)
         budget_text = ""
         with run.step("best accuracy per budget"):
             budget_text = write_tune_budget(trials_frame(study_results(study, imported=False)),
@@ -111,7 +126,9 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
             lines = [
                 f"## Tune '{study_name}'", "",
                 f"Space: {space.describe()}; {space.epochs} epochs. Sampler: {sampler}; "
-                f"pruner: {pruner}. Storage: `{url}`.", "",
+                f"pruner: {pruner}. Storage: `{url}`."
+                + (f" Objectives: {objectives_text(study)} (a multi-objective study)."
+                   if multi else ""), "",
                 f"- this run: {counts.trained} trained, {counts.cached} from the cache, "
                 f"{counts.pruned} pruned, {counts.failed} failed; "
                 f"{epochs_trained(results)} epochs trained",
@@ -135,7 +152,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
 ## The search
 
 {figures_text}
-
+{front_text}
 {budget_text}{pareto_text}
 ## Trials, best validation accuracy first
 
@@ -149,6 +166,42 @@ Files: `trials.parquet` (one row per trial of the study), `trials.txt`.
                       run.final,
                       f"Tune '{study_name}' over {space.describe()}")
     return run.final
+
+
+def objectives_text(study) -> str:
+    """``val_accuracy (maximize), params (minimize)``."""
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    return ", ".join(f"{name} ({direction.name.lower()})"
+                     for name, direction in zip(names, study.directions, strict=True))
+
+
+def write_pareto_front_figure(study, study_name: str, out: Path) -> str:
+    """Optuna's own Pareto-front figure of a multi-objective study (every complete trial, the
+    front in colour), as ``pareto_front_optuna.png``; returns the report's lines ("" when no
+    trial is complete)."""
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ov
+
+    from tasks.reports.figures import common as figures
+    from tasks.search.tpe import OBJECTIVES
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return ""
+    names = study.metric_names or []
+    labels = [OBJECTIVES[n].label if n in OBJECTIVES else n for n in names]
+    with figures.LOCK:
+        ax = ov.plot_pareto_front(study, target_names=labels or None)
+        if len(names) == 2 and names[1] == "params":
+            ax.set_yscale("log")
+        ax.set_title(f"Tune '{study_name}': Optuna's Pareto front "
+                     f"({len(study.best_trials)} trials)")
+        figures.save(ax.figure, out / "pareto_front_optuna.png")
+    return f"""
+The study's Pareto front as Optuna keeps it ({objectives_text(study)}; \
+`study.best_trials`, {len(study.best_trials)} trials; optuna-dashboard draws the same):
+
+![Optuna's Pareto front](pareto_front_optuna.png)
+"""
 
 
 def write_tune_budget(own: pd.DataFrame, imported: pd.DataFrame, study_name: str,

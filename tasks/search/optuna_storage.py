@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,8 +170,11 @@ def result_attrs(result: TrialResult) -> dict[str, Any]:
 IMPORTED_ATTR = "imported"
 
 
-def frozen_trial(number: int, result: TrialResult, distributions: dict[str, Any]):
-    """An Optuna FrozenTrial of a finished TrialResult (its duration is the training time)."""
+def frozen_trial(number: int, result: TrialResult, distributions: dict[str, Any],
+                 values: Sequence[float] | None = None):
+    """An Optuna FrozenTrial of a finished TrialResult (its duration is the training time).
+    ``values``: a multi-objective study's values of a complete trial (its first one the
+    validation accuracy); without them, the single value of a study of :data:`OBJECTIVE`."""
     import optuna
     from optuna.trial import TrialState
 
@@ -184,7 +187,8 @@ def frozen_trial(number: int, result: TrialResult, distributions: dict[str, Any]
              if row.get("val_accuracy") == row.get("val_accuracy")}  # not NaN
     return optuna.trial.FrozenTrial(
         number=number, trial_id=number, state=state,
-        value=result.val_accuracy if state != TrialState.FAIL else None,
+        value=result.val_accuracy if state != TrialState.FAIL and values is None else None,
+        values=list(values) if values is not None and state == TrialState.COMPLETE else None,
         datetime_start=start, datetime_complete=end, params=params,
         distributions=distributions, user_attrs=result_attrs(result), system_attrs={},
         intermediate_values=steps)

@@ -57,6 +57,16 @@ neither (a killed run's trials never recovered). And a journal file is not a URL
 workers, the reports, the grid and random exports and optuna-dashboard all reach the studies
 by ``sqlite:///...``.
 
+A tune may have more objectives than the validation accuracy (``objectives``,
+:data:`OBJECTIVES`): ``["val_accuracy", "params"]`` makes a multi-objective study (directions
+maximize, minimize; metric names as given) told ``(val_accuracy, float(param_count))`` per
+trial, whose Pareto front (``study.best_trials``) optuna-dashboard and the report show. The
+same samplers (Optuna's TPE handles several objectives, constant liar included; random). No
+pruner: Optuna cannot prune a multi-objective study (:func:`check_objectives` refuses it), and
+the per-epoch validation accuracy is written as the trial's intermediate values without a
+pruner asked. The objectives are part of the study's identity: a study refuses a run that asks
+for others. One objective (the default) is the single-objective study as before.
+
 Only a pruned tune's workers talk to the storage (each epoch, to ask the pruner); otherwise
 the parent tells the study each trial's epochs. So a tune without pruning runs on any Dask
 cluster, and a pruned one needs a storage its workers reach: local worker processes always
@@ -69,6 +79,8 @@ import atexit
 import datetime
 import threading
 import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from tasks.console import say
@@ -103,6 +115,61 @@ STARTS_ATTR = "tune_starts"
 #: The system attribute of a trial whose tune records heartbeats (its interval): a running
 #: trial without it, older than the grace period, was left by a tune from before heartbeats.
 HEARTBEAT_ATTR = "heartbeat_interval"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One thing a tune optimizes: its direction, its name in figures, and its value in a
+    trial result (None: the result does not hold it)."""
+
+    direction: str
+    label: str
+    of: Callable[[TrialResult], float | None]
+
+
+def _param_count(result: TrialResult) -> float | None:
+    return None if result.param_count is None else float(result.param_count)
+
+
+#: The objectives a tune can take, by their ``--objectives`` name; the first is always
+#: ``val_accuracy``. A new one (a cost a trial result records) is one more entry.
+OBJECTIVES: dict[str, Objective] = {
+    OBJECTIVE: Objective("maximize", "val accuracy", lambda r: r.val_accuracy),
+    "params": Objective("minimize", "trainable parameters", _param_count),
+}
+#: Objectives that make sense but that no trial records yet: refused, saying why.
+NOT_RECORDED: dict[str, str] = {
+    "latency": "latency is not recorded yet (trials measure no inference time)",
+}
+
+
+def check_objectives(objectives: Sequence[str] | str, pruner: str = "none") -> list[str]:
+    """The objectives' names (``["val_accuracy", "params"]``; ``"val_accuracy,params"`` is
+    read too), checked: known and recorded, each once, ``val_accuracy`` first, and no
+    ``pruner`` with more than one (Optuna cannot prune a multi-objective study). A bad list is
+    one UserError line naming what is allowed."""
+    given = [objectives] if isinstance(objectives, str) else list(objectives)
+    names = [n.strip() for text in given for n in str(text).split(",") if n.strip()]
+    shown = ",".join(names) or ",".join(map(str, given))
+    allowed = f"allowed: {', '.join(OBJECTIVES)} ({OBJECTIVE} first)"
+    if not names:
+        raise UserError(f"objectives={shown!r}: none given; {allowed}")
+    for name in names:
+        if name in NOT_RECORDED:
+            raise UserError(f"objectives={shown!r}: {NOT_RECORDED[name]}; {allowed}")
+        if name not in OBJECTIVES:
+            raise UserError(f"objectives={shown!r}: unknown objective {name!r}; {allowed}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"objectives={shown!r}: {', '.join(repeated)} given more than once; "
+                        "each objective once")
+    if names[0] != OBJECTIVE:
+        raise UserError(f"objectives={shown!r}: the first objective must be {OBJECTIVE} (what "
+                        f"the search selects on); {allowed}")
+    if len(names) > 1 and pruner != "none":
+        raise UserError(f"pruner={pruner!r} with {len(names)} objectives: Optuna cannot prune "
+                        "a multi-objective study; use --pruner none")
+    return names
 
 
 def make_sampler(name: str, seed: int, resumed_at: int = 0, start: int = 0):
@@ -182,8 +249,9 @@ class Heartbeats:
 
 class TuneProposer:
     """An Optuna study of ``trials`` finished trials over ``space`` as a proposer (module doc;
-    :class:`tasks.search.loop.Proposer`). ``storage``: the storage URL. ``heartbeat_interval``,
-    ``grace_period``: seconds (module doc)."""
+    :class:`tasks.search.loop.Proposer`). ``storage``: the storage URL. ``objectives``: what
+    the study optimizes (:func:`check_objectives`; more than one: a multi-objective study).
+    ``heartbeat_interval``, ``grace_period``: seconds (module doc)."""
 
     name = "tune"
     title = "Tune"
@@ -191,12 +259,15 @@ class TuneProposer:
     def __init__(self, space: TuneSpace, data: DataHandle, backend: str, storage: str,
                  trials: int = 50, sampler: str = "tpe", pruner: str = "none", seed: int = 0,
                  study_name: str = "tune", *, warm_start: bool = True,
+                 objectives: Sequence[str] = (OBJECTIVE,),
                  heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  grace_period: int = GRACE_PERIOD):
         import optuna
         from optuna.trial import TrialState
 
         quiet_optuna()
+        self.objectives = check_objectives(objectives, pruner)
+        self.multi = len(self.objectives) > 1
         self.space, self.url, self.study_name = space, storage, study_name
         self.trials, self.sampler_name, self.pruner = trials, sampler, pruner
         self.grace_period = grace_period
@@ -206,10 +277,14 @@ class TuneProposer:
             self.storage = open_storage(storage, heartbeat_interval=heartbeat_interval,
                                         grace_period=grace_period,
                                         heartbeat_stale_trial_callback=ask_again)
+            directions = ({"directions": [OBJECTIVES[n].direction for n in self.objectives]}
+                          if self.multi else {"direction": "maximize"})
             self.study = optuna.create_study(
-                study_name=study_name, storage=self.storage, direction="maximize",
-                pruner=pruning.make_pruner(pruner, space.epochs), load_if_exists=True)
+                study_name=study_name, storage=self.storage,
+                pruner=pruning.make_pruner(pruner, space.epochs), load_if_exists=True,
+                **directions)
             self.study_id = self.storage.get_study_id_from_name(study_name)
+            self.check_study_objectives()
             identity = study_identity(space, data, backend)
             known = {k: self.study.user_attrs.get(k) for k in identity}
             if any(v is not None for v in known.values()) and known != identity:
@@ -223,8 +298,8 @@ class TuneProposer:
                     self.study.set_user_attr(key, value)
             if self.study.user_attrs.get("kind") != "tune":
                 self.study.set_user_attr("kind", "tune")
-            if self.study.metric_names != [OBJECTIVE]:
-                self.study.set_metric_names([OBJECTIVE])
+            if self.study.metric_names != self.objectives:
+                self.study.set_metric_names(self.objectives)
             self.recover()
             self.imported = self.import_cached(data, backend) if warm_start else 0
             every = self.study.get_trials(deepcopy=False)
@@ -247,6 +322,27 @@ class TuneProposer:
         self._results: list[TrialResult] = []
         atexit.register(close_at_exit, weakref.ref(self))
 
+    def check_study_objectives(self) -> None:
+        """Refuse a study created with other objectives (``create_study`` loads an existing
+        study whatever directions it is given): its values would not compare."""
+        held = [d.name.lower() for d in self.study.directions]
+        names = self.study.metric_names
+        wanted = [OBJECTIVES[n].direction for n in self.objectives]
+        if held == wanted and names in (None, self.objectives):
+            return
+        was = ",".join(names) if names else f"{len(held)} objective(s) ({', '.join(held)})"
+        raise UserError(
+            f"study '{self.study_name}' in {self.url} was run with objectives {was}, this run "
+            f"asks for {','.join(self.objectives)}: its values would not compare; give a new "
+            "--study-name (or the same --objectives)")
+
+    def values(self, result: TrialResult) -> list[float] | None:
+        """The objectives' values of ``result``; None if it lacks one (or it is NaN)."""
+        values = [OBJECTIVES[n].of(result) for n in self.objectives]
+        if any(v is None or v != v for v in values):
+            return None
+        return [float(v) for v in values]
+
     def import_cached(self, data: DataHandle, backend: str) -> int:
         """Warm start: add every completed trial of the cache that lies in this study's space
         (same epochs, seed and protocol, data and backend) and is not in the study yet, as a
@@ -258,9 +354,11 @@ class TuneProposer:
         distributions = self.space.distributions()
         new = [r for r in cached_results(data.fingerprint, backend)
                if r.status == "completed" and r.trial_key not in have
-               and self.space.params_of(r.config) is not None]
+               and self.space.params_of(r.config) is not None
+               and (not self.multi or self.values(r) is not None)]
         if new:
-            trials = [frozen_trial(0, r, distributions) for r in new]
+            trials = [frozen_trial(0, r, distributions, self.values(r)) if self.multi
+                      else frozen_trial(0, r, distributions) for r in new]
             for trial in trials:
                 trial.set_user_attr(IMPORTED_ATTR, True)
             self.study.add_trials(trials)
@@ -299,7 +397,9 @@ class TuneProposer:
     def describe(self) -> str:
         warm = (f"; warm start: {self.imported} trials imported from the cache now, "
                 f"{self.imported_total} in all" if self.imported_total else "")
-        return (f"Tune '{self.study_name}' ({self.sampler_name} sampler, pruner {self.pruner}): "
+        goals = f", objectives {', '.join(self.objectives)}" if self.multi else ""
+        return (f"Tune '{self.study_name}' ({self.sampler_name} sampler, pruner {self.pruner}"
+                f"{goals}): "
                 f"{self.finished_before} of its own finished trials in the study, "
                 f"{self.to_finish} more to reach {self.trials}{warm}")
 
@@ -352,13 +452,29 @@ class TuneProposer:
         if result.status == "failed":
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        if result.cached or asked.link is None:
+        if self.multi:
+            # Optuna's trial.report refuses a multi-objective study (no pruning there): the
+            # epochs go to the storage as the trial's intermediate values all the same
+            trial_id = self.trial_id(trial.number)
+            for row in result.history:
+                if row.get("val_accuracy") == row.get("val_accuracy"):  # not NaN
+                    self.storage.set_trial_intermediate_value(
+                        trial_id, int(row["epoch"]), float(row["val_accuracy"]))
+        elif result.cached or asked.link is None:
             # not reported by a pruned worker: trained before (the cache, or this run), or
             # trained without a pruner
             for row in result.history:
                 trial.report(float(row["val_accuracy"]), int(row["epoch"]))
         if result.status == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED)
+        elif self.multi:
+            values = self.values(result)
+            if values is None:  # a completed result without one of the objectives
+                say(f"Tune: trial {trial.number} lacks one of {', '.join(self.objectives)}; "
+                    "told as failed")
+                self.study.tell(trial, state=TrialState.FAIL)
+            else:
+                self.study.tell(trial, values)
         else:
             self.study.tell(trial, result.val_accuracy)
 
