@@ -38,9 +38,10 @@ from tasks.config import TrialConfig, trial_key
 from tasks.trial.result import TrialResult
 
 #: Seconds of training per unit of :meth:`TrialConfig.training_cost` before anything was
-#: measured (a new cache): the median over the default study's 400 trials on the project's
-#: 2-core AMD EPYC (2026-12-01). Replaced by the cache's own ratio as soon as it has trials.
-DEFAULT_SECONDS_PER_COST = 2.0e-5
+#: measured (a new cache): about the median over the default study's 400 trials on the
+#: project's 2-core AMD EPYC (4.25e-5, 2026-12-02, a busy machine). Replaced by the cache's
+#: own ratio as soon as it holds a trial.
+DEFAULT_SECONDS_PER_COST = 4.0e-5
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
 _UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0}

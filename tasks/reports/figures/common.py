@@ -52,11 +52,12 @@ NAN_COLOUR = "#c8c8c8"
 
 
 def locked(func: F) -> F:
-    """Run ``func`` while holding the module's pyplot lock."""
+    """Run ``func`` while holding the module's pyplot lock, in matplotlib's default style
+    (Optuna's figures switch pyplot to ggplot for every figure drawn after them)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with LOCK:
+        with LOCK, plt.style.context("default"):
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
