@@ -31,7 +31,14 @@ from tasks.reports.tune import write_tune_report_task
 from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
 from tasks.search.spending import make_spending
-from tasks.search.tpe import NOT_RECORDED, OBJECTIVES, SamplerName, TuneProposer, check_objectives
+from tasks.search.tpe import (
+    NOT_RECORDED,
+    OBJECTIVES,
+    UNBOUNDED,
+    SamplerName,
+    TuneProposer,
+    check_objectives,
+)
 from tasks.search.tune_space import (
     DEFAULT_TUNE_SPACE,
     TuneSpace,
@@ -39,9 +46,6 @@ from tasks.search.tune_space import (
     read_space_file,
 )
 from tasks.trial.pruning import PrunerName
-
-#: A budgeted tune without --trials: its own trials are bounded by the budget alone.
-UNBOUNDED = 1_000_000
 
 Trials = Annotated[PositiveInt | None, Field(
     description="finished (complete or pruned) trials of its own the study should hold, "

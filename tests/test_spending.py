@@ -329,6 +329,7 @@ def test_a_budgeted_tune_stops_before_the_budget_and_leaves_no_trial_running(
     assert optuna.trial.TrialState.RUNNING not in states
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete and "Budget 2 s of training:" in out and "trials bought" in out
+    assert "0 of its own finished trials in the study, more until the budget is spent" in out
     withdrawn = [t for t in study.trials if t.user_attrs.get("withdrawn")]
     assert len(withdrawn) == 1 and withdrawn[0].state == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1  # asked next

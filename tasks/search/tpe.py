@@ -103,6 +103,8 @@ from tasks.trial.result import TrialResult
 
 SamplerName = Literal["tpe", "random"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+#: ``trials`` of a tune bounded by its budget alone (no --trials given).
+UNBOUNDED = 1_000_000
 #: Random configs before TPE starts modelling (Optuna's default).
 TPE_STARTUP_TRIALS = 10
 #: Seconds between two heartbeats of a trial a tune holds.
@@ -401,7 +403,8 @@ class TuneProposer:
         return (f"Tune '{self.study_name}' ({self.sampler_name} sampler, pruner {self.pruner}"
                 f"{goals}): "
                 f"{self.finished_before} of its own finished trials in the study, "
-                f"{self.to_finish} more to reach {self.trials}{warm}")
+                + (f"{self.to_finish} more to reach {self.trials}" if self.trials < UNBOUNDED
+                   else "more until the budget is spent") + warm)
 
     def ask(self) -> Ask | None:
         if self.asked >= self.to_finish:
