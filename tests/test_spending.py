@@ -335,3 +335,28 @@ def test_a_budgeted_tune_stops_before_the_budget_and_leaves_no_trial_running(
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1  # asked next
     report = (folder / "report.md").read_text()
     assert f"{len(complete)} trials bought" in report
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_config_the_search_already_held_costs_no_budget(synthetic_handle, monkeypatch):
+    """A tune asking a trial its study held before the run (imported by a warm start, or its
+    own from an earlier run) spends nothing: not gated, not charged."""
+    monkeypatch.setattr(loop, "configured_task", lambda refresh=False: fake_trial)
+    configs = configs_for_budget()[:6]
+
+    class Known(ListProposer):
+        def ask(self):
+            asked = super().ask()
+            return None if asked is None else loop.Ask(asked.config, known=True)
+
+    spending = Spending(0.01, CostModel([], synthetic_handle.train_size),  # 0.6 s
+                        synthetic_handle.fingerprint, "compiled")
+    proposer = Known(configs, synthetic_handle, "tune", "Tune", in_order=True)
+
+    @flow
+    def known() -> list[TrialResult]:
+        return loop.run_trials(proposer, synthetic_handle, RunOptions(),
+                               FanOut(runner="threads", workers=2), spending=spending)
+
+    assert len(known()) == 6  # every one told, though each costs more than the budget
+    assert spending.spent_seconds == 0 and spending.summary().trials == 0

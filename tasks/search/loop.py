@@ -30,11 +30,14 @@ from tasks.trial.result import TrialResult, count_results, failed_result
 @dataclass(frozen=True)
 class Ask:
     """One config to train. ``link``: the Optuna trial a pruned worker reports its epochs to
-    (None: the worker reports to nobody); ``token``: the proposer's own handle on the ask."""
+    (None: the worker reports to nobody); ``token``: the proposer's own handle on the ask;
+    ``known``: the search held this config's result before the run (a tune asking a trial
+    its study holds): nothing is spent on it, a budget neither admits nor charges it."""
 
     config: TrialConfig
     link: TrialLink | None = None
     token: Any = None
+    known: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
                     elif name in running:
                         waiting.setdefault(name, []).append(asked)
                     else:
-                        if gated and spending is not None:
+                        if gated and spending is not None and not asked.known:
                             verdict = spending.admit(asked.config)
                             if verdict is Verdict.WAIT:
                                 deferred.append(asked)

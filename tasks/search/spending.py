@@ -208,8 +208,10 @@ class Spending:
         self.in_flight[key] = self.predicted[key] = self.model.predict(config, key)
 
     def charge(self, result: TrialResult) -> None:
-        """A trial started by this run was told: its measured time is spent."""
-        self.in_flight.pop(result.trial_key, None)
+        """A trial this budget admitted was told: its measured time is spent (one it did
+        not admit, a known config, costs nothing)."""
+        if self.in_flight.pop(result.trial_key, None) is None:
+            return
         seconds = measured_seconds(result) or 0.0
         self.spent_seconds += seconds
         self.bought += 1

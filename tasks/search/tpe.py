@@ -83,6 +83,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from tasks.config import trial_key
 from tasks.console import say
 from tasks.data.mnist import DataHandle
 from tasks.errors import UserError
@@ -103,6 +104,9 @@ from tasks.trial.result import TrialResult
 
 SamplerName = Literal["tpe", "random"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+#: Asks in a row of configs the study already held before the run after which a tune stops:
+#: its sampler keeps returning to what it knows (a small or exhausted space).
+MAX_KNOWN_IN_A_ROW = 25
 #: ``trials`` of a tune bounded by its budget alone (no --trials given).
 UNBOUNDED = 1_000_000
 #: Random configs before TPE starts modelling (Optuna's default).
@@ -306,6 +310,9 @@ class TuneProposer:
             self.imported = self.import_cached(data, backend) if warm_start else 0
             every = self.study.get_trials(deepcopy=False)
             self.imported_total = sum(bool(t.user_attrs.get(IMPORTED_ATTR)) for t in every)
+            # the configs whose results the study held before this run (imported or its own)
+            self.known_keys = {t.user_attrs.get("trial_key") for t in every
+                               if t.state == TrialState.COMPLETE}
             # --trials counts the study's own trials (asked by its sampler), not imported ones
             self.finished_before = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                                        and not t.user_attrs.get(IMPORTED_ATTR) for t in every)
@@ -321,6 +328,8 @@ class TuneProposer:
         self.study.sampler = make_sampler(sampler, seed, len(every), started)
         self.to_finish = max(0, trials - self.finished_before)
         self.asked = 0
+        self.known_in_a_row = 0
+        self.fingerprint, self.backend = data.fingerprint, backend
         self._results: list[TrialResult] = []
         atexit.register(close_at_exit, weakref.ref(self))
 
@@ -419,12 +428,19 @@ class TuneProposer:
         config = self.space.config(trial.params)
         trial.set_user_attr("config", config.model_dump(mode="json"))
         self.asked += 1
+        key = trial_key(config, self.fingerprint, self.backend)
+        known = key in self.known_keys
+        self.known_in_a_row = self.known_in_a_row + 1 if known else 0
+        if self.known_in_a_row >= MAX_KNOWN_IN_A_ROW:
+            say(f"Tune: the sampler asked {MAX_KNOWN_IN_A_ROW} configs in a row that the study "
+                "already held; stopping (the space is exhausted near its best)")
+            self.asked = self.to_finish
         # the worker talks to the study only to be pruned; otherwise the epochs are told from
         # here (a remote worker need not reach the storage)
         link = (None if self.pruner == "none" else
                 TrialLink(storage=self.url, study=self.study_name, trial_number=trial.number,
                           pruner=self.pruner))
-        return Ask(config, link, token=trial)
+        return Ask(config, link, token=trial, known=known)
 
     def tell(self, asked: Ask, result: TrialResult) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
