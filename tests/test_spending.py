@@ -360,3 +360,36 @@ def test_a_config_the_search_already_held_costs_no_budget(synthetic_handle, monk
 
     assert len(known()) == 6  # every one told, though each costs more than the budget
     assert spending.spent_seconds == 0 and spending.summary().trials == 0
+
+
+def test_a_tune_asks_an_unseen_config_instead_of_a_trial_its_study_holds(mnist_file):
+    from tasks.data.mnist import prepare_data
+    from tasks.search.optuna_storage import storage_url
+    from tasks.search.tpe import TuneProposer
+    from tasks.search.tune_space import make_tune_space
+
+    handle, _ = prepare_data(mnist_file, SplitSpec())
+    space = make_tune_space(units="choice:20,28", dropout="choice:0,0.1",
+                            activation="choice:relu", learning_rate="choice:0.001",
+                            batch_size="choice:150", epochs=1)
+    configs = [space.config({"units": u, "dropout": d, "activation": "relu",
+                             "learning_rate": 0.001, "batch_size": 150})
+               for u in (20, 28) for d in (0.0, 0.1)]
+    keys = [trial_key(c, handle.fingerprint) for c in configs]
+    proposer = TuneProposer(space, handle, "compiled", storage_url(), trials=100,
+                            study_name="unseen", warm_start=False)
+    proposer.known_keys = set(keys[:3])  # as if the study held three of the four
+    for _ in range(3):  # whatever the sampler proposes, the one unseen config is asked
+        asked = proposer.ask()
+        assert asked.config == configs[3] and not asked.known
+        proposer.heartbeats.release(asked.token.number)
+        proposer.known_keys = set(keys[:3])
+    repeats = [t for t in proposer.study.trials if t.user_attrs.get("repeat_of")]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in repeats)
+    assert {t.user_attrs["repeat_of"] for t in repeats} <= set(keys[:3])
+    # nothing unseen is left: the repeat is asked (it costs nothing), and 25 in a row stop
+    proposer.known_keys = set(keys)
+    asks = [proposer.ask() for _ in range(30)]
+    done = [a for a in asks if a is not None]
+    assert all(a.known for a in done) and len(done) == 25 and asks[-1] is None
+    proposer.close()

@@ -329,6 +329,7 @@ class TuneProposer:
         self.to_finish = max(0, trials - self.finished_before)
         self.asked = 0
         self.known_in_a_row = 0
+        self.seed = seed
         self.fingerprint, self.backend = data.fingerprint, backend
         self._results: list[TrialResult] = []
         atexit.register(close_at_exit, weakref.ref(self))
@@ -418,22 +419,21 @@ class TuneProposer:
     def ask(self) -> Ask | None:
         if self.asked >= self.to_finish:
             return None
-        with storage_lock(self.url):  # one ask at a time: an enqueued trial is popped once
-            self.recover()
-            trial = self.study.ask(self.space.distributions())
-            trial_id = self.trial_id(trial.number)
-            self.heartbeats.hold(trial.number, trial_id, dict(trial.params))
-            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR,
-                                               self.heartbeats.interval)
+        trial = self.ask_study()
         config = self.space.config(trial.params)
+        key = trial_key(config, self.fingerprint, self.backend)
+        if key in self.known_keys:
+            # the sampler proposes a trial the study held before this run (a warm TPE over a
+            # categorical space keeps returning to its best ones): it would learn nothing
+            # from it, so a random config the study does not hold is asked instead
+            trial, config, key = self.replace_repeat(trial, key)
         trial.set_user_attr("config", config.model_dump(mode="json"))
         self.asked += 1
-        key = trial_key(config, self.fingerprint, self.backend)
         known = key in self.known_keys
         self.known_in_a_row = self.known_in_a_row + 1 if known else 0
         if self.known_in_a_row >= MAX_KNOWN_IN_A_ROW:
             say(f"Tune: the sampler asked {MAX_KNOWN_IN_A_ROW} configs in a row that the study "
-                "already held; stopping (the space is exhausted near its best)")
+                "already held; stopping (the space is exhausted)")
             self.asked = self.to_finish
         # the worker talks to the study only to be pruned; otherwise the epochs are told from
         # here (a remote worker need not reach the storage)
@@ -442,12 +442,49 @@ class TuneProposer:
                           pruner=self.pruner))
         return Ask(config, link, token=trial, known=known)
 
+    def ask_study(self):
+        """The study's next trial, held (heartbeats), under the storage's lock."""
+        with storage_lock(self.url):  # one ask at a time: an enqueued trial is popped once
+            self.recover()
+            trial = self.study.ask(self.space.distributions())
+            trial_id = self.trial_id(trial.number)
+            self.heartbeats.hold(trial.number, trial_id, dict(trial.params))
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR,
+                                               self.heartbeats.interval)
+        return trial
+
+    def replace_repeat(self, trial, key: str):
+        """Fail ``trial`` (a repeat of ``key``, which the study holds: attribute
+        ``repeat_of``), enqueue a random config of the space the study does not hold and ask
+        it. Returns (trial, config, key); the repeat itself if the space holds nothing new."""
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, trial.number])
+        for _ in range(1000):
+            params = {name: dim.round(dim.draw(rng))
+                      for name, dim in self.space.dimensions().items()}
+            config = self.space.config(params)
+            if trial_key(config, self.fingerprint, self.backend) not in self.known_keys:
+                break
+        else:
+            return trial, self.space.config(trial.params), key
+        trial.set_user_attr("repeat_of", key)
+        self.heartbeats.release(trial.number)
+        with storage_lock(self.url):
+            self.fail(trial.number)
+            self.study.enqueue_trial(params, skip_if_exists=False)
+        trial = self.ask_study()
+        config = self.space.config(trial.params)
+        return trial, config, trial_key(config, self.fingerprint, self.backend)
+
     def tell(self, asked: Ask, result: TrialResult) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         trial = asked.token
         self._results.append(result)
+        if result.status == "completed":  # asked again later: replaced (see ask)
+            self.known_keys.add(result.trial_key)
         try:
             self.tell_study(asked, result)
         except (UpdateFinishedTrialError, ValueError):

@@ -153,6 +153,20 @@ class Dimension(BaseModel):
             return float(value).is_integer()
         return self.round(value) == value
 
+    def draw(self, rng) -> Value:
+        """A uniform draw (log-uniform for the log kinds) with ``rng`` (numpy's Generator),
+        not yet rounded."""
+        if self.kind == "choice":
+            return self.choices[int(rng.integers(len(self.choices)))]
+        low, high = float(self.low), float(self.high)
+        if self.kind in ("log_uniform", "int_log"):
+            value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = rng.uniform(low, high)
+        if self.kind.startswith("int"):
+            return int(min(max(round(value), low), high))
+        return value
+
     @property
     def size(self) -> float:
         """Distinct values after rounding (inf: not counted)."""
