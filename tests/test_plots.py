@@ -180,9 +180,10 @@ def test_plot_prediction(tmp_path: Path, rng: np.random.Generator,
     (bars,) = [ax for ax in fig.axes if ax.patches]
     np.testing.assert_allclose([p.get_width() for p in bars.patches], probability)
     colours = [p.get_facecolor() for p in bars.patches]
-    assert colours[7] == to_rgba("C1")  # the true class
-    assert colours[2] == to_rgba("C3")  # the wrong prediction
-    assert colours[0] == to_rgba("C0")
+    with plt.style.context("default"):  # the figures' style, whatever pyplot's is now
+        assert colours[7] == to_rgba("C1")  # the true class
+        assert colours[2] == to_rgba("C3")  # the wrong prediction
+        assert colours[0] == to_rgba("C0")
     assert bars.get_title() == "true 7 / predicted 2"
 
 

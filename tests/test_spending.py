@@ -283,8 +283,13 @@ def test_a_warm_tune_imports_every_cached_trial_of_its_space_and_trains_only_new
     assert "warm start: 4 trials imported from the cache now, 4 in all" in out
     study = optuna.load_study(study_name="warm", storage=storage_url())
     imported = [t for t in study.trials if t.user_attrs.get(IMPORTED_ATTR)]
-    own = [t for t in study.trials if not t.user_attrs.get(IMPORTED_ATTR)]
+    own = [t for t in study.trials if not t.user_attrs.get(IMPORTED_ATTR)
+           and t.state == optuna.trial.TrialState.COMPLETE]
+    repeats = [t for t in study.trials if t.user_attrs.get("repeat_of")]
     assert len(imported) == 4 and len(own) == 2
+    # a proposal of an imported config was replaced by one the study did not hold
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in repeats)
+    assert not {t.params["units"] for t in own} <= {12, 20} or not repeats
     assert {(t.params["units"], t.params["dropout"]) for t in imported} == {
         (12, 0.0), (12, 0.1), (20, 0.0), (20, 0.1)}
     assert all(t.intermediate_values for t in imported)
