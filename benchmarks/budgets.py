@@ -41,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
+from samplers import mean_std  # noqa: E402 (the other benchmark's: mean +- sd over seeds)
 
 METHODS = {"TPE cold": ("tpe", "none", False), "TPE warm (50 random)": ("tpe", "none", True),
            "TPE + median pruning": ("tpe", "median", False)}
@@ -112,11 +113,6 @@ def reached(run: dict, minutes: float) -> float:
     if start != start:  # NaN: a cold tune
         return own
     return start if own != own else max(own, start)
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} +- {spread:.4f}"
 
 
 def main() -> None:
