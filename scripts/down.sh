@@ -4,57 +4,41 @@
 # every descendant is collected before anything is signalled. SIGTERM, then SIGKILL after
 # $MNIST_STOP_TIMEOUT seconds (default 20). State (.prefect-local/home) is kept; delete
 # .prefect-local/ for a clean slate.
+#
+# `scripts/down.sh --team` stops what `scripts/up.sh --team` started (settings:
+# scripts/team-env.sh), in the reverse order: the process worker, the Dask workers, the Dask
+# scheduler, the Prefect server, Redis, PostgreSQL (a fast shutdown: open sessions are ended,
+# committed data is kept). Its state ($MNIST_TEAM_DIR: databases, secret, shared cache) is kept.
 set -uo pipefail
+# shellcheck source=scripts/procs.sh
+source "$(dirname "$0")/procs.sh"
+
+if [ "${1:-}" = "--team" ]; then
+  # shellcheck source=scripts/team-env.sh
+  source "$(dirname "$0")/team-env.sh"
+  RUN="$TEAM_RUN"
+  stop worker
+  for pidfile in "$RUN"/dask-worker-*.pid; do
+    [ -e "$pidfile" ] && stop "$(basename "$pidfile" .pid)"
+  done
+  stop dask-scheduler
+  stop server
+  stop redis
+  PGBIN="$(pg_bindir)"
+  if [ -n "$PGBIN" ] && [ -f "$TEAM_PGDATA/postmaster.pid" ]; then
+    if as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" -m fast -w -t 60 stop >/dev/null; then
+      echo "postgres: stopped"
+    else
+      echo "postgres: pg_ctl stop failed; see $TEAM_PGLOG" >&2
+    fi
+  else
+    echo "postgres: not running"
+  fi
+  exit 0
+fi
+
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 RUN="$MNIST_LOCAL_DIR/run"
-
-descendants() {  # every process below $1, children first listed after their parent
-  local child
-  for child in $(pgrep -P "$1" 2>/dev/null); do
-    echo "$child"
-    descendants "$child"
-  done
-}
-
-stop() {
-  local name=$1 pidfile="$RUN/$1.pid" pid pids alive waited=0
-  if [ ! -f "$pidfile" ]; then
-    echo "$name: not running (no $pidfile)"
-    return
-  fi
-  pid=$(cat "$pidfile")
-  if ! kill -0 "$pid" 2>/dev/null; then
-    echo "$name: not running (stale pid $pid)"
-    rm -f "$pidfile"
-    return
-  fi
-  pids="$pid $(descendants "$pid" | tr '\n' ' ')"
-  kill -TERM -- "-$pid" 2>/dev/null  # the process group started by up.sh: one SIGTERM each
-  for p in $pids; do  # descendants in process groups of their own (flow runs)
-    [ "$(ps -o pgid= -p "$p" | tr -d ' ')" = "$pid" ] || kill -TERM "$p" 2>/dev/null
-  done
-  while :; do
-    alive=""
-    for p in $pids; do
-      if kill -0 "$p" 2>/dev/null && [ "$(ps -o stat= -p "$p" | cut -c1)" != "Z" ]; then
-        alive="$alive $p"
-      fi
-    done
-    [ -z "$alive" ] && break
-    if [ "$waited" -ge "${MNIST_STOP_TIMEOUT:-20}" ]; then
-      echo "$name: still running after ${waited} s, killing:$alive"
-      kill -KILL -- "-$pid" 2>/dev/null
-      # shellcheck disable=SC2086
-      kill -KILL $alive 2>/dev/null
-      break
-    fi
-    sleep 1
-    waited=$((waited + 1))
-  done
-  rm -f "$pidfile"
-  echo "$name: stopped (pids $pids)"
-}
-
 stop worker
 stop server

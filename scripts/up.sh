@@ -9,6 +9,12 @@
 # The worker passes its environment to the flow runs: export MNIST_PATH=/path/to/mnist.npz
 # first if Keras cannot download MNIST on this machine.
 set -euo pipefail
+# `scripts/up.sh --team`: the team's stack instead (PostgreSQL, Redis, the Prefect server on
+# PostgreSQL, a Dask cluster, the work pool and worker): scripts/team-up.sh, docs/team.md.
+if [ "${1:-}" = "--team" ]; then
+  shift
+  exec "$(dirname "$0")/team-up.sh" "$@"
+fi
 # Job control: each background process gets its own process group (down.sh signals the group)
 # and keeps the default SIGINT handling; without it, bash starts background commands with
 # SIGINT ignored, and a Prefect worker (which turns SIGTERM into SIGINT) would not stop.

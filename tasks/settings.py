@@ -54,6 +54,12 @@ class Settings(BaseModel):
         description="the Optuna storage every run is written to and tunes keep their "
                     "studies in (any Optuna storage URL; unset: "
                     "`sqlite:///<data dir>/optuna.db`); --storage overrides it for a tune")
+    locks: str | None = Field(
+        None, json_schema_extra={"env": "PIPELINE_LOCKS"},
+        description="where a trial key's lock lives while it trains (one training per key "
+                    "across runs): unset, OS file locks beside the result storage (one "
+                    "machine); `redis://:PASSWORD@HOST:PORT/0`, Redis (several machines; "
+                    "needs the `team` extra; `scripts/up.sh --team` writes it)")
     tf_logs: bool = Field(
         False, json_schema_extra={"env": "PIPELINE_TF_LOGS"},
         description="1: show TensorFlow's own logs (what -v/--verbose sets)")
@@ -65,7 +71,16 @@ class Settings(BaseModel):
             value = json.loads(value) if value.strip() else []
         return value
 
-    @field_validator("concurrency_tag", "optuna_storage", "mnist_path", mode="before")
+    @field_validator("locks")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError(f"PIPELINE_LOCKS={value!r}: unset (file locks) or a "
+                             "redis:// or rediss:// URL")
+        return value
+
+    @field_validator("concurrency_tag", "optuna_storage", "mnist_path", "locks",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value.strip() or None if isinstance(value, str) else value

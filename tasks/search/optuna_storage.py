@@ -13,7 +13,9 @@ a tune runs). For a SQLite file that needs two things Optuna does not do by itse
   ``fcntl.flock`` on ``<name>.db.lock`` beside the file; :func:`open_storage` opens (and so
   creates) the storage under it. The tune also holds it while it creates or loads its study,
   fails stale trials and asks (see :mod:`tasks.search.tpe`), and an export while it replaces
-  its study. Other storages (PostgreSQL, MySQL) have real transactions: no lock there.
+  its study. On PostgreSQL (the team stack's storage: tunes on several machines) the same
+  lock is a PostgreSQL advisory lock, held by a connection of its own, so it spans machines
+  and ends with its holder's session if the holder dies; other storages (MySQL) take none.
 * **waiting for a busy file.** SQLite lets one writer at a time; a connection opened here
   waits up to :data:`SQLITE_TIMEOUT` seconds for the other one (Python's default is 5 s),
   and :func:`retry_when_locked` retries a step that still found the file locked.
@@ -83,13 +85,14 @@ _held = threading.local()  # lock file -> how deep this thread holds it (the loc
 @contextlib.contextmanager
 def storage_lock(url: str) -> Iterator[None]:
     """Hold the storage's exclusive lock (module doc): a ``flock`` on ``<file>.lock`` beside
-    a SQLite file, across processes and threads; nothing for other storages. Reentrant within
-    a thread."""
+    a SQLite file, across processes and threads; an advisory lock on PostgreSQL; nothing for
+    other storages. Reentrant within a thread."""
     path = sqlite_file(url)
-    if path is None:
+    postgres = path is None and is_postgresql(url)
+    if path is None and not postgres:
         yield
         return
-    lock = path.resolve().with_name(path.name + ".lock")
+    lock: Any = url if postgres else path.resolve().with_name(path.name + ".lock")
     depth = getattr(_held, "depth", None)
     if depth is None:
         depth = _held.depth = {}
@@ -100,6 +103,14 @@ def storage_lock(url: str) -> Iterator[None]:
         finally:
             depth[lock] -= 1
         return
+    if postgres:
+        with advisory_lock(url):
+            depth[lock] = 1
+            try:
+                yield
+            finally:
+                depth[lock] = 0
+        return
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -109,6 +120,35 @@ def storage_lock(url: str) -> Iterator[None]:
         finally:
             depth[lock] = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: The PostgreSQL advisory lock key of the storage lock (any fixed 64-bit number).
+ADVISORY_KEY = 0x6D6E6973_74737472  # "mnisttr"
+_engines: dict[str, Any] = {}
+
+
+def is_postgresql(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str) -> Iterator[None]:
+    """PostgreSQL's session advisory lock :data:`ADVISORY_KEY` on ``url``'s database, on a
+    connection of its own (closed after; a dead holder's session ends and frees it)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
 
 
 def open_storage(url: str, **heartbeat: Any):

@@ -1,4 +1,4 @@
-"""One training per trial key, however many runs ask for it at once: OS file locks.
+"""One training per trial key, however many runs ask for it at once: OS file locks, or Redis.
 
 The trial task runs under Prefect's SERIALIZABLE isolation: before it looks for a cached
 result, it takes the lock of its cache key; a second run asking for the same key waits for the
@@ -11,8 +11,16 @@ its expiration passes, and the task engine asks for no expiration: a holder kill
 waiting run takes over at once, with no timeout to tune. Locks are per open file, so two
 threads of one process exclude each other too. The lock files stay (empty); they are reused.
 
-One machine, or a shared filesystem whose locks are honoured across machines; a cluster
-without one uses Redis (``prefect-redis``'s lock manager).
+That is for one machine, or a shared filesystem whose locks are honoured across machines. A
+cluster without one sets ``PIPELINE_LOCKS`` to a Redis URL (``scripts/up.sh --team`` writes
+it): the locks are then ``prefect-redis``'s, held as *leases* (:class:`RedisLeaseLockManager`):
+its lock manager, asked for no expiration, would keep a killed holder's lock for ever; a lease
+expires :data:`LEASE_SECONDS` after its holder stops renewing it, so a run waiting for a key
+whose holder was killed takes over within that time.
+
+The trial task is configured with :class:`TrialLockManager`, which picks one of the two in the
+process that trains, from that process's ``PIPELINE_LOCKS`` (a worker machine is configured
+like the machine that submits: the same environment file).
 """
 
 from __future__ import annotations
@@ -24,9 +32,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 #: How often a waiting run checks a held lock (seconds).
 POLL_SECONDS = 0.2
+#: Seconds a Redis lock outlives its last renewal: how long a key whose holder was killed
+#: stays blocked. Its holder renews it every third of that.
+LEASE_SECONDS = 30.0
 
 
 def default_lock_directory() -> Path:
@@ -37,7 +49,7 @@ def default_lock_directory() -> Path:
     return storage.parent / f"{storage.name}-locks"
 
 
-class FlockLockManager:
+class FileLockManager:
     """A Prefect lock manager (``prefect.locking.protocol.LockManager``) on ``fcntl.flock``.
 
     ``directory``: where the lock files go (default: :func:`default_lock_directory`, resolved
@@ -135,3 +147,128 @@ class FlockLockManager:
         import anyio
 
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
+
+
+def _redis_lease_manager_class():
+    from prefect_redis.locking import RedisLockManager
+
+    class RedisLeaseLockManager(RedisLockManager):
+        """prefect-redis's lock manager whose locks are leases: taken for ``lease`` seconds
+        and renewed by a background thread every third of that while held (module doc)."""
+
+        def __init__(self, connection_url: str, lease: float = LEASE_SECONDS):
+            super().__init__(connection_url=connection_url)
+            self.lease = lease
+            self._renewer: threading.Thread | None = None
+            self._guard = threading.Lock()
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**super().__getstate__(), "lease": self.lease}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            lease = state.pop("lease", LEASE_SECONDS)
+            super().__setstate__(state)
+            self.lease, self._renewer, self._guard = lease, None, threading.Lock()
+
+        def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                         hold_timeout: float | None = None) -> bool:
+            acquired = super().acquire_lock(key, holder, acquire_timeout,
+                                            hold_timeout or self.lease)
+            if acquired:
+                self._start_renewing()
+            return acquired
+
+        async def aacquire_lock(self, key: str, holder: str,
+                                acquire_timeout: float | None = None,
+                                hold_timeout: float | None = None) -> bool:
+            import anyio
+
+            return await anyio.to_thread.run_sync(
+                self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
+
+        def _start_renewing(self) -> None:
+            with self._guard:
+                if self._renewer is None or not self._renewer.is_alive():
+                    self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                                     name="redis-lock-renewal")
+                    self._renewer.start()
+
+        def _renew(self) -> None:
+            while True:
+                time.sleep(self.lease / 3)
+                for lock in list(self._locks.values()):
+                    with contextlib.suppress(Exception):  # released meanwhile, or Redis away
+                        lock.reacquire()  # its time to live back to the full lease
+
+    return RedisLeaseLockManager
+
+
+def redis_lease_lock_manager(url: str, lease: float = LEASE_SECONDS):
+    """A :class:`RedisLeaseLockManager` on ``url`` (``redis://:PASSWORD@HOST:PORT/DB``)."""
+    try:
+        cls = _redis_lease_manager_class()
+    except ImportError as exc:  # pragma: no cover (the extra is not installed)
+        from tasks.errors import UserError
+
+        raise UserError("PIPELINE_LOCKS is a Redis URL but prefect-redis is not installed: "
+                        'pip install -e ".[team]"') from exc
+    return cls(url, lease)
+
+
+class TrialLockManager:
+    """The trial task's lock manager: with ``directory``, OS file locks there
+    (:class:`FileLockManager`); without, ``PIPELINE_LOCKS`` decides, read when first used in
+    the process that trains: unset, file locks beside the result storage; a Redis URL, Redis
+    leases (module doc). Pickles as its ``directory`` alone: a worker process chooses for
+    itself."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory) if directory is not None else None
+        self._manager: Any = None
+        self._guard = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["directory"])
+
+    @property
+    def manager(self):
+        """The lock manager in use (chosen on first use)."""
+        with self._guard:
+            if self._manager is None:
+                from tasks.settings import current
+
+                url = None if self.directory is not None else current().locks
+                self._manager = (redis_lease_lock_manager(url) if url
+                                 else FileLockManager(self.directory))
+            return self._manager
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        return self.manager.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        return await self.manager.aacquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        self.manager.release_lock(key, holder)
+
+    def is_locked(self, key: str) -> bool:
+        return self.manager.is_locked(key)
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        return self.manager.is_lock_holder(key, holder)
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return self.manager.wait_for_lock(key, timeout)
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return await self.manager.await_for_lock(key, timeout)
+
+
+#: The name tasks/trial/task.py configures the trial task with (and tests use with a
+#: directory, i.e. file locks): the same class.
+FlockLockManager = TrialLockManager
