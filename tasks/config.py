@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.errors import as_user_error
 
-Activation = Literal["relu", "elu", "sigmoid", "tanh"]
+Activation = Literal["relu", "elu", "sigmoid", "tanh", "linear"]
 Backend = Literal["compiled", "keras"]
 #: Flow-parameter types the Prefect server checks before a run is created.
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -117,6 +117,12 @@ KEY_NAMES: dict[str, str] = {module: name for name, module in TRAINING_CODE.item
 }
 #: Packages whose versions decide it too.
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
+#: Activations added to the training code after trial keys were first issued. Their entries in
+#: the code's activation tables (dict literals indexed by the name ``activation``) are taken out
+#: of the modules' fingerprints and enter only the keys of the trials that use them: adding an
+#: activation changes no other trial's key (tests/test_trust.py), and editing its entry changes
+#: only its own trials' keys.
+ADDED_ACTIVATIONS = ("linear",)
 
 
 def _key_import_names(tree: ast.AST) -> None:
@@ -155,12 +161,34 @@ def _project_import(statement: ast.stmt) -> bool:
             and (statement.module or "").split(".")[0] == "tasks")
 
 
-def _code_fingerprint(source: str) -> str:
+def _take_added_activations(tree: ast.AST) -> dict[str, str]:
+    """Remove the :data:`ADDED_ACTIVATIONS`' entries from the activation tables in ``tree``;
+    return each one's code (its entries' syntax trees)."""
+    taken: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict)
+                and isinstance(node.slice, ast.Name) and node.slice.id == "activation"):
+            continue
+        table, kept = node.value, []
+        for key, value in zip(table.keys, table.values, strict=True):
+            if isinstance(key, ast.Constant) and key.value in ADDED_ACTIVATIONS:
+                taken[key.value] = taken.get(key.value, "") + ast.dump(value)
+            else:
+                kept.append((key, value))
+        table.keys, table.values = [key for key, _ in kept], [value for _, value in kept]
+    return taken
+
+
+def _code_fingerprint(source: str, added: dict[str, str] | None = None) -> str:
     """The module's syntax tree without docstrings, its project imports by their names in the
     key: comments, docstrings, formatting and a module's location do not change a trial's
-    numbers, so they do not change its key."""
+    numbers, so they do not change its key. The added activations' table entries are left out
+    and, when ``added`` is given, stored in it by activation."""
     tree = ast.parse(source)
     _key_import_names(tree)
+    taken = _take_added_activations(tree)
+    if added is not None:
+        added.update(taken)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
@@ -188,15 +216,31 @@ def training_code_version() -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def activation_code_version(activation: str) -> str:
+    """The code of an added activation (:data:`ADDED_ACTIVATIONS`) in the training code's
+    activation tables, hashed: part of the keys of its trials only."""
+    parts = []
+    for name, module in TRAINING_CODE.items():
+        spec = importlib.util.find_spec(module)
+        added: dict[str, str] = {}
+        with open(spec.origin, encoding="utf-8") as handle:
+            _code_fingerprint(handle.read(), added)
+        if activation in added:
+            parts.append(f"{name}:{added[activation]}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def trial_key(config: TrialConfig, data_fingerprint: str, backend: str = "compiled") -> str:
     """The identity of a trained trial: config + data content + training code + backend.
 
     Two trials with the same key would compute the same thing, so the cache never trains a
     key twice. The backend is part of it because the two backends differ in float details.
     """
-    payload = "|".join(
-        [config.canonical_json(), data_fingerprint, training_code_version(), backend]
-    )
+    parts = [config.canonical_json(), data_fingerprint, training_code_version(), backend]
+    if config.activation in ADDED_ACTIVATIONS:
+        parts.append(f"activation:{activation_code_version(config.activation)}")
+    payload = "|".join(parts)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

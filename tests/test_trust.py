@@ -54,6 +54,46 @@ def test_a_change_to_the_training_code_changes_every_trial_key(tmp_path, monkeyp
     config_module.training_code_version.cache_clear()
 
 
+def test_an_added_activation_changes_only_its_own_trials_keys(tmp_path, monkeypatch):
+    module = tmp_path / "fake_backend.py"
+    source = ('def act(activation, tf):\n'
+              '    return {"relu": tf.relu, "tanh": tf.tanh}[activation]\n')
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(config_module, "TRAINING_CODE", {"tasks.fake": "fake_backend"})
+    relu, linear = TrialConfig(activation="relu"), TrialConfig(activation="linear")
+
+    def key(config: TrialConfig) -> str:
+        config_module.training_code_version.cache_clear()
+        config_module.activation_code_version.cache_clear()
+        return trial_key(config, "fp")
+
+    before = key(relu)
+    module.write_text(source.replace('"tanh": tf.tanh}', '"tanh": tf.tanh, "linear": tf.id}'))
+    assert key(relu) == before  # adding `linear` leaves every other key as it was
+    linear_key = key(linear)
+    module.write_text(source.replace('"tanh": tf.tanh}', '"tanh": tf.tanh, "linear": tf.ident}'))
+    assert key(relu) == before and key(linear) != linear_key  # its code is in its keys only
+    module.write_text(source.replace('"relu": tf.relu', '"relu": tf.relu6')
+                      .replace('"tanh": tf.tanh}', '"tanh": tf.tanh, "linear": tf.ident}'))
+    assert key(relu) != before  # an edit of the others' entries changes every key
+    config_module.training_code_version.cache_clear()
+    config_module.activation_code_version.cache_clear()
+
+
+def test_the_compiled_backend_keys_its_first_four_activations_as_before_linear():
+    """The real table: the compiled backend's fingerprint is that of its source without the
+    `linear` entry (the source every cached relu/elu/sigmoid/tanh trial was keyed with)."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("tasks.engine.backend_compiled").origin).read_text()
+    entry = ', "linear": tf.identity}'
+    assert entry in source
+    assert (config_module._code_fingerprint(source)
+            == config_module._code_fingerprint(source.replace(entry, "}")))
+    assert len(config_module.activation_code_version("linear")) == 16
+
+
 def test_every_engine_module_is_training_code():
     engine = PROJECT_ROOT / "tasks" / "engine"
     modules = {f"tasks.engine.{path.stem}" for path in engine.glob("*.py")

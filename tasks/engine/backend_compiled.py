@@ -47,7 +47,7 @@ class Trainer:
     def __init__(self, units: int, activation: str, active: int, inactive: int):
         tf = tensorflow()
         act = {"relu": tf.nn.relu, "elu": tf.nn.elu, "sigmoid": tf.sigmoid,
-               "tanh": tf.tanh}[activation]
+               "tanh": tf.tanh, "linear": tf.identity}[activation]
         self.units, self.activation = units, activation
         self.shape_key = (units, activation, active, inactive)
         shapes = [(active, units), (units,), (units, N_CLASSES), (N_CLASSES,)]
