@@ -53,9 +53,9 @@ def test_objectives_are_read_spaced_or_comma_separated_and_a_bad_list_is_one_lin
     assert check_objectives(BOTH) == BOTH
     assert check_objectives(["val_accuracy,params"]) == BOTH
     assert check_objectives("val_accuracy, params") == BOTH
-    allowed = r"allowed: val_accuracy, params \(val_accuracy first\)"
-    for bad, words in ((["val_accuracy", "latency"], "latency is not recorded yet"),
-                       (["val_accuracy", "flops"], "unknown objective 'flops'"),
+    assert check_objectives("val_accuracy,params,latency") == [*BOTH, "latency"]
+    allowed = r"allowed: val_accuracy, params, latency \(val_accuracy first\)"
+    for bad, words in ((["val_accuracy", "flops"], "unknown objective 'flops'"),
                        (["params", "val_accuracy"], "the first objective must be val_accuracy"),
                        ([], "none given")):
         with pytest.raises(UserError, match=f"{words}.*{allowed}") as caught:
@@ -68,7 +68,7 @@ def test_objectives_are_read_spaced_or_comma_separated_and_a_bad_list_is_one_lin
     assert check_objectives(["val_accuracy"], "median") == ["val_accuracy"]  # as before
 
 
-def test_the_command_line_refuses_pruning_and_latency_with_two_objectives_in_one_line(
+def test_the_command_line_refuses_pruning_and_unknown_objectives_in_one_line(
         monkeypatch, capsys):
     class Never:  # the flow's signature and name; running it fails the test
         fn = staticmethod(tune.fn)
@@ -84,10 +84,10 @@ def test_the_command_line_refuses_pruning_and_latency_with_two_objectives_in_one
     with pytest.raises(UserError, match=r"^pruner='hyperband' with 2 objectives"):
         tune_main(["--objectives", "val_accuracy,params", "--pruner", "hyperband"])
     capsys.readouterr()
-    assert run_cli(tune_main, ["--objectives", "val_accuracy", "latency"]) == 2
+    assert run_cli(tune_main, ["--objectives", "val_accuracy", "flops"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "latency is not recorded yet" in lines[0]
-    assert "allowed: val_accuracy, params" in lines[0]
+    assert len(lines) == 1 and "unknown objective 'flops'" in lines[0]
+    assert "allowed: val_accuracy, params, latency" in lines[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,8 +97,8 @@ pytestmark_flows = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytestmark_flows
-def test_the_flow_refuses_pruning_and_latency_before_anything_trains(mnist_file, tmp_path,
-                                                                      monkeypatch):
+def test_the_flow_refuses_pruning_and_unknown_objectives_before_anything_trains(
+        mnist_file, tmp_path, monkeypatch):
     def never(*args, **kwargs):  # pragma: no cover (the point: nothing starts)
         raise AssertionError("the tune started")
 
@@ -107,10 +107,10 @@ def test_the_flow_refuses_pruning_and_latency_before_anything_trains(mnist_file,
     with pytest.raises(UserError, match=f"^{PRUNING_REFUSED}$"):
         tiny_tune(mnist_file, tmp_path, "mo-pruned", trials=2, objectives=BOTH,
                   pruner="median", **SIZES)
-    with pytest.raises(UserError, match="latency is not recorded yet"):
-        tiny_tune(mnist_file, tmp_path, "mo-latency", trials=2,
-                  objectives=["val_accuracy", "latency"], **SIZES)
-    for name in ("mo-pruned", "mo-latency"):
+    with pytest.raises(UserError, match="unknown objective 'flops'"):
+        tiny_tune(mnist_file, tmp_path, "mo-flops", trials=2,
+                  objectives=["val_accuracy", "flops"], **SIZES)
+    for name in ("mo-pruned", "mo-flops"):
         with pytest.raises(KeyError):
             load(name)
 
@@ -172,3 +172,18 @@ def test_a_study_refuses_other_objectives_under_the_same_name(mnist_file, tmp_pa
     with pytest.raises(UserError, match="was run with objectives val_accuracy,params, this "
                                         "run asks for val_accuracy:"):
         tiny_tune(mnist_file, tmp_path, "two-objectives", trials=2)
+
+
+@pytestmark_flows
+def test_a_tune_can_trade_accuracy_against_measured_latency(mnist_file, tmp_path):
+    folder = tiny_tune(mnist_file, tmp_path, "mo-latency", trials=3,
+                       objectives=["val_accuracy", "latency"], **SIZES)
+    study = load("mo-latency")
+    assert study.metric_names == ["val_accuracy", "latency"]
+    for trial in study.get_trials():  # told the latency each trial measured after training
+        stored = trial.user_attrs["result"]
+        assert stored["latency_ms"] > 0
+        assert trial.values == [pytest.approx(stored["val_accuracy"]),
+                                pytest.approx(stored["latency_ms"])]
+    report = (folder / "report.md").read_text()
+    assert "latency (minimize)" in report and "## Accuracy against latency" in report

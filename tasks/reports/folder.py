@@ -102,8 +102,18 @@ class RunFolder:
 # Tables
 # --------------------------------------------------------------------------------------------
 def trials_frame(results: Sequence[TrialResult]) -> pd.DataFrame:
-    """One row per trial (all hyperparameters, metrics, timing, cached, status, key)."""
-    frame = pd.DataFrame([r.row() for r in results], columns=TrialResult.columns())
+    """One row per trial (all hyperparameters, metrics, timing, latency, cached, status, key).
+    A completed trial trained before latencies were recorded is measured from its weights
+    here, once (:func:`tasks.trial.latency.latency_of` keeps the figure beside them)."""
+    from tasks.trial.latency import latency_of
+
+    rows = []
+    for result in results:
+        row = result.row()
+        if row["latency_ms"] is None and result.status == "completed":
+            row["latency_ms"] = latency_of(result)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=TrialResult.columns())
     frame["cached"] = frame["cached"].astype(bool)
     return frame
 

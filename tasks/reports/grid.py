@@ -22,7 +22,7 @@ from tasks.reports.folder import (
     trials_frame,
 )
 from tasks.reports.optuna_export import export_and_draw
-from tasks.reports.pareto import write_pareto
+from tasks.reports.pareto import write_tradeoffs
 from tasks.search.space import SEARCH_FIELDS, SearchSpace
 from tasks.trial.result import TrialResult, count_results
 
@@ -66,7 +66,7 @@ def write_grid_report(
             optuna_text = export_and_draw(run, "grid", results, space, storage)
         pareto_text = ""
         with run.step("accuracy against size"):
-            pareto_text = write_pareto(frame, out)
+            pareto_text = write_tradeoffs(frame, out)
         with run.step("report.md"):
             summary = grid_summary(frame, best, counts, space, wall_seconds)
             atomic_write_text(out / "report.md",

@@ -134,3 +134,39 @@ minus the trial's).
 
 {text}
 """
+
+
+def latency_note(frame: pd.DataFrame) -> str:
+    """Where the latencies of ``frame``'s trials come from: the measurement and the machines
+    (read from the records beside the weights)."""
+    from tasks.trial.latency import BATCH, REPEATS, read_record
+
+    machines: dict[str, int] = {}
+    threads: set[int] = set()
+    for path in frame.loc[frame["latency_ms"].notna(), "weights_path"].dropna():
+        record = read_record(path)
+        if record is not None:
+            machines[record.get("machine", "?")] = machines.get(record.get("machine", "?"), 0) + 1
+            threads.add(int(record.get("threads", 0)))
+    where = "; ".join(f"{name} ({count} trials)" for name, count in machines.items()) or "unknown"
+    shown = ", ".join("TensorFlow's default" if t == 0 else str(t) for t in sorted(threads))
+    return (f"Latency is inference time per image: the fastest of {REPEATS} forward passes of "
+            f"{BATCH} images with TensorFlow, divided by {BATCH}, measured on the machine that "
+            f"trained the trial (trials trained before latencies were recorded: on the machine "
+            f"that first reported them). It depends on the machine and its load as much as on "
+            f"the network: compare it within one machine only. Measured on: {where}; "
+            f"TensorFlow intra-op threads: {shown or 'unknown'}.")
+
+
+def write_tradeoffs(frame: pd.DataFrame, out: Path,
+                    tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """The reports' trade-off sections: accuracy against size (:func:`write_pareto`), and
+    accuracy against latency where at least 2 completed trials have one (``pareto_latency_ms.*``
+    and :func:`latency_note`)."""
+    text = write_pareto(frame, out, tolerance)
+    if "latency_ms" in frame.columns:
+        latency = write_pareto(frame, out, tolerance, cost="latency_ms")
+        if latency:
+            heading, _, rest = latency.lstrip("\n").partition("\n")
+            text += f"\n{heading}\n\n{latency_note(frame)}\n{rest}"
+    return text

@@ -25,7 +25,7 @@ from tasks.reports.folder import (
     trials_frame,
 )
 from tasks.reports.optuna_export import export_and_draw
-from tasks.reports.pareto import write_pareto
+from tasks.reports.pareto import write_tradeoffs
 from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.search.budget import DEFAULT_ORDERS, completed_pool, expected_best_by_budget
 from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS, SearchSpace
@@ -85,7 +85,7 @@ def write_random_report(
             budget_text = write_best_by_budget(frame, out)
         pareto_text = ""
         with run.step("accuracy against size"):
-            pareto_text = write_pareto(frame, out)
+            pareto_text = write_tradeoffs(frame, out)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
                                      spent)

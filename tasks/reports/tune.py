@@ -26,7 +26,7 @@ from tasks.reports.folder import (
     results_table,
     trials_frame,
 )
-from tasks.reports.pareto import write_pareto
+from tasks.reports.pareto import write_tradeoffs
 from tasks.search.budget import (
     DEFAULT_ORDERS,
     completed_pool,
@@ -121,7 +121,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                                             study_name, out)
         pareto_text = ""
         with run.step("accuracy against size"):
-            pareto_text = write_pareto(frame, out)
+            pareto_text = write_tradeoffs(frame, out)
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",

@@ -37,6 +37,9 @@ class TrialResult(BaseModel):
     best_epoch: int | None = None
     train_seconds: float | None = None
     param_count: int | None = None
+    #: inference milliseconds per image at a fixed batch, on the machine that measured it
+    #: (tasks.trial.latency); None until measured (trials trained before it existed)
+    latency_ms: float | None = None
     weights_path: str | None = None
     history: list[dict[str, float]] = Field(default_factory=list)
     attempts: int = 1  # the attempt that trained it (2 or more: after retries)
@@ -67,6 +70,7 @@ class TrialResult(BaseModel):
             "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
             "param_count": self.param_count,
+            "latency_ms": self.latency_ms,
             "backend": self.backend,
             "data_fingerprint": self.data_fingerprint,
             "attempts": self.attempts,

@@ -28,6 +28,7 @@ from tasks.trial.faults import (
     maybe_inject_fault,
     retry_only_transient,
 )
+from tasks.trial.latency import measure_weights
 from tasks.trial.locks import FlockLockManager
 from tasks.trial.pruning import (
     TrialLink,
@@ -94,7 +95,14 @@ def train_trial(
 
 def result_of(config: TrialConfig, data: DataHandle, backend: str, key: str, outcome,
               attempt: int = 1) -> TrialResult:
-    """The TrialResult of an engine outcome."""
+    """The TrialResult of an engine outcome, with its inference latency measured here, on the
+    machine that trained it (:mod:`tasks.trial.latency`)."""
+    latency = None
+    if outcome.weights_path:
+        try:
+            latency = round(measure_weights(outcome.weights_path, config.activation), 6)
+        except (OSError, ValueError):  # pragma: no cover (weights just written)
+            latency = None
     return TrialResult(
         trial_key=key,
         config=config,
@@ -103,6 +111,7 @@ def result_of(config: TrialConfig, data: DataHandle, backend: str, key: str, out
         best_epoch=outcome.best_epoch,
         train_seconds=round(outcome.seconds, 3),
         param_count=outcome.param_count,
+        latency_ms=latency,
         weights_path=outcome.weights_path,
         history=outcome.history,
         attempts=attempt,
