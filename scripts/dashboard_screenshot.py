@@ -2,6 +2,7 @@
 
     python scripts/dashboard_screenshot.py                      # the study 'tune'
     python scripts/dashboard_screenshot.py --study grid-2026…   # any run in the storage
+    python scripts/dashboard_screenshot.py --study random-2026… --prefix optuna-study
 
 Starts ``optuna-dashboard`` on the project's Optuna storage (``$PIPELINE_OPTUNA_STORAGE``,
 else ``sqlite:///data/optuna.db``) on a free local port, shoots the study's history page and
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default="tune", help="study name (default: tune)")
     parser.add_argument("--storage", help="Optuna storage URL (default: the project's)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "screenshots")
+    parser.add_argument("--prefix", default="optuna",
+                        help="file names: PREFIX-history.png, PREFIX-analytics.png "
+                             "(default: optuna)")
     parser.add_argument("--budget", type=int, default=20000,
                         help="Chromium's virtual-time budget per page, ms (default: 20000)")
     args = parser.parse_args(argv)
@@ -73,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         wait_for(f"{base}/api/studies")
         args.out.mkdir(parents=True, exist_ok=True)
         page = f"{base}/dashboard/studies/{study_id}"
-        shoot(browser, page, args.out / "optuna-history.png", [args.study], "1400,1000",
+        shoot(browser, page, args.out / f"{args.prefix}-history.png", [args.study], "1400,1000",
               args.budget)
-        shoot(browser, f"{page}/analytics", args.out / "optuna-analytics.png", [args.study],
+        shoot(browser, f"{page}/analytics", args.out / f"{args.prefix}-analytics.png", [args.study],
               "1400,1400", args.budget)
     finally:
         dashboard.terminate()

@@ -115,3 +115,13 @@ def test_without_latencies_the_report_has_only_the_size_section(tmp_path):
     out.mkdir()
     text = write_tradeoffs(trials_frame(results), out)
     assert "## Accuracy against size" in text and "latency" not in text.lower()
+
+
+def test_trials_of_one_shape_share_the_median_of_their_measurements():
+    from tasks.reports.pareto import shape_latency
+
+    frame = pd.DataFrame({"units": [16, 16, 16, 64], "activation": ["relu"] * 3 + ["tanh"],
+                          "latency_ms": [1.0, 5.0, 2.0, np.nan]})
+    assert shape_latency(frame)["latency_ms"].tolist()[:3] == [2.0, 2.0, 2.0]
+    assert pd.isna(shape_latency(frame)["latency_ms"].iloc[3])
+    assert frame["latency_ms"].tolist()[:3] == [1.0, 5.0, 2.0]  # the trials' own kept

@@ -154,18 +154,36 @@ def latency_note(frame: pd.DataFrame) -> str:
             f"{BATCH} images with TensorFlow, divided by {BATCH}, measured on the machine that "
             f"trained the trial (trials trained before latencies were recorded: on the machine "
             f"that first reported them). It depends on the machine and its load as much as on "
-            f"the network: compare it within one machine only. Measured on: {where}; "
+            f"the network: compare it within one machine only. A network's latency here is the "
+            f"median of the measurements of the trials of its shape (units and activation: "
+            f"one computation). Measured on: {where}; "
             f"TensorFlow intra-op threads: {shown or 'unknown'}.")
+
+
+#: What decides a forward pass's time: trials that share these run the same computation.
+SHAPE = ("units", "activation")
+
+
+def shape_latency(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each trial's ``latency_ms`` replaced by the median of the measurements of
+    its shape (:data:`SHAPE`): a forward pass's time does not depend on the weights' values, so
+    trials of one shape differ only by the machine's load when each was measured, and the
+    median of their measurements is the better figure for each of them."""
+    frame = frame.copy()
+    keys = [c for c in SHAPE if c in frame.columns]
+    if keys and frame["latency_ms"].notna().any():
+        frame["latency_ms"] = frame.groupby(keys)["latency_ms"].transform("median")
+    return frame
 
 
 def write_tradeoffs(frame: pd.DataFrame, out: Path,
                     tolerance: float = DEFAULT_TOLERANCE) -> str:
     """The reports' trade-off sections: accuracy against size (:func:`write_pareto`), and
     accuracy against latency where at least 2 completed trials have one (``pareto_latency_ms.*``
-    and :func:`latency_note`)."""
+    and :func:`latency_note`), each network shape at its :func:`shape_latency`."""
     text = write_pareto(frame, out, tolerance)
     if "latency_ms" in frame.columns:
-        latency = write_pareto(frame, out, tolerance, cost="latency_ms")
+        latency = write_pareto(shape_latency(frame), out, tolerance, cost="latency_ms")
         if latency:
             heading, _, rest = latency.lstrip("\n").partition("\n")
             text += f"\n{heading}\n\n{latency_note(frame)}\n{rest}"
