@@ -226,3 +226,35 @@ def test_a_full_disk_under_the_reports_ends_with_one_line(mnist_file, tmp_path):
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: report step '") and "trials.parquet" in line, line
     assert "(details: " in line and str(tmp_path / "home" / "prefect" / "logs") in line
+
+
+def test_a_worker_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """A training worker whose flow process is killed with ``kill -9`` does not train on as an
+    orphan (it would hold a core for minutes): it exits within about a poll interval."""
+    import psutil
+
+    ready = tmp_path / "ready"
+    worker = ("import pathlib, sys, time\n"
+              "from tasks.search.workers import watch_parent\n"
+              "watch_parent(0.1)\n"
+              f"pathlib.Path({str(ready)!r}).write_text('ok')\n"
+              "time.sleep(120)\n")
+    parent_code = ("import subprocess, sys, time\n"
+                   f"child = subprocess.Popen([sys.executable, '-c', {worker!r}])\n"
+                   "print(child.pid, flush=True)\n"
+                   "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
+                              text=True, cwd=PROJECT_ROOT)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.05)
+        assert child.is_running()
+        parent.kill()
+        parent.wait()
+        child.wait(timeout=15)  # psutil.TimeoutExpired if it lives on (not our child: no code)
+        assert not child.is_running()
+    finally:
+        parent.kill()

@@ -222,7 +222,7 @@ def make_task_runner(kind: str = "threads", workers: int = 1, dask_address: str 
     if kind == "processes":
         return _process_pool_runner_class()(
             max_workers=workers, initializer=init_worker,
-            initargs=(threads, current().tf_logs)
+            initargs=(threads, current().tf_logs, True)
         )
     if kind == "dask":
         if dask_address:

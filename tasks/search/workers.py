@@ -34,13 +34,42 @@ def worker_environment(intra_op_threads: int) -> dict[str, str]:
     }
 
 
-def init_worker(intra_op_threads: int | None = None, tf_logs: bool = False) -> None:
+#: How often a worker checks that the process that started it is alive (seconds).
+PARENT_POLL_SECONDS = 1.0
+
+
+def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
+    """End this worker process when the process that started it dies (``kill -9`` of a flow
+    run, the OOM killer): nobody is left to take its result, and it would train on for
+    minutes, holding a core. A daemon thread compares the parent's pid with the one at start
+    (an orphan is re-parented); ``prctl(PR_SET_PDEATHSIG)`` is not used, because it fires
+    when the parent's *thread* that started the worker ends, which a pool's threads do."""
+    import threading
+    import time
+
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(70)  # EX_SOFTWARE; no cleanup: the parent is gone
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def init_worker(intra_op_threads: int | None = None, tf_logs: bool = False,
+                end_with_parent: bool = False) -> None:
     """Worker-process initializer: thread counts and quiet logs, then TensorFlow, once.
 
     ``None`` takes the count from ``$TF_NUM_INTRAOP_THREADS`` (how a remote ``dask worker``
     is told). ``tf_logs``: the parent's ``-v`` (TensorFlow's own logs shown). TensorFlow is
     imported here so that its runtime setters apply before the first op; the first trial
-    would pay for the import anyway.
+    would pay for the import anyway. ``end_with_parent``: a process-pool worker ends when the
+    flow process that started it dies (:func:`watch_parent`); not for Dask, whose nanny
+    restarts its workers and whose ``--no-nanny`` workers outlive the shell that started them.
     """
     import signal
     import threading
@@ -53,6 +82,8 @@ def init_worker(intra_op_threads: int | None = None, tf_logs: bool = False) -> N
     if threading.current_thread() is threading.main_thread():  # (a Dask plugin is not)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    if end_with_parent:
+        watch_parent()
     if tf_logs:
         from tasks.settings import override
 
