@@ -142,6 +142,9 @@ cat >"$TEAM_ENV" <<ENV
 export PREFECT_API_URL=http://$H:$MNIST_TEAM_PREFECT_PORT/api
 export PREFECT_UI_URL=http://$H:$MNIST_TEAM_PREFECT_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# a run outlives a server restart: its client retries a lost connection 7 times, after 2, 4,
+# ... 128 s (about 4 minutes in all; Prefect's default, 5, gives up after about one)
+export PREFECT_CLIENT_MAX_RETRIES=7
 export PREFECT_RESULTS_LOCAL_STORAGE_PATH=$TEAM_SHARED/prefect-storage
 export PIPELINE_DATA_DIR=$TEAM_SHARED/data
 export PIPELINE_LOCKS=redis://:$SECRET@$H:$MNIST_TEAM_REDIS_PORT/0
@@ -153,12 +156,13 @@ chmod 600 "$TEAM_ENV"
 source "$TEAM_ENV"
 
 # the Optuna schema, created once here (not by two tunes at once)
-python3 -c "import optuna, sys; optuna.logging.set_verbosity(optuna.logging.WARNING); \
+[ -f "$RUN/optuna-schema" ] || python3 -c "import optuna, sys; optuna.logging.set_verbosity(optuna.logging.WARNING); \
 optuna.storages.RDBStorage(sys.argv[1])" "$PIPELINE_OPTUNA_STORAGE" \
   >"$TEAM_LOGS/optuna-schema.log" 2>&1 || {
   tail -5 "$TEAM_LOGS/optuna-schema.log" >&2
   fail "the Optuna storage on PostgreSQL could not be created (is the 'team' extra installed? pip install -e \".[team]\")"
 }
+touch "$RUN/optuna-schema"
 
 # 3. the Prefect server on PostgreSQL -------------------------------------------------------
 if running "$RUN/server.pid"; then
@@ -228,11 +232,20 @@ else
   prefect work-pool create "$MNIST_WORK_POOL" --type process >/dev/null
   echo "work pool: $MNIST_WORK_POOL created (type process)"
 fi
-if ! prefect --no-prompt deploy --all --prefect-file prefect.yaml >"$TEAM_LOGS/deploy.log" 2>&1; then
-  tail -30 "$TEAM_LOGS/deploy.log" >&2
-  fail "prefect deploy failed (log: $TEAM_LOGS/deploy.log)"
+# deployed again only when prefect.yaml or the code behind the flows' parameters changed
+# (a restart of the stack does not wait for `prefect deploy`)
+sources="$(cat prefect.yaml flows/*.py tasks/*.py | sha256sum | cut -c1-16)"
+if [ "$(cat "$RUN/deployed" 2>/dev/null)" = "$sources" ] &&
+    prefect deployment inspect 'grid-search/mnist' >/dev/null 2>&1; then
+  echo "deployments: up to date"
+else
+  if ! prefect --no-prompt deploy --all --prefect-file prefect.yaml >"$TEAM_LOGS/deploy.log" 2>&1; then
+    tail -30 "$TEAM_LOGS/deploy.log" >&2
+    fail "prefect deploy failed (log: $TEAM_LOGS/deploy.log)"
+  fi
+  echo "$sources" >"$RUN/deployed"
+  echo "deployments: $(grep -c "^- name:" prefect.yaml) deployed (log: $TEAM_LOGS/deploy.log)"
 fi
-echo "deployments: $(grep -c "^- name:" prefect.yaml) deployed (log: $TEAM_LOGS/deploy.log)"
 if running "$RUN/worker.pid"; then
   echo "worker: already running (pid $(cat "$RUN/worker.pid"))"
 else

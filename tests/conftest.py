@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PIPELINE_FAULTS", None)
 os.environ.pop("PIPELINE_OPTUNA_STORAGE", None)  # Optuna studies go under PIPELINE_DATA_DIR
+os.environ.pop("PIPELINE_LOCKS", None)  # trial locks: OS file locks, not a team's Redis
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
