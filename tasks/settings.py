@@ -93,7 +93,13 @@ class Settings(BaseModel):
                   if environ.get(env, "") != ""}
         try:
             return cls(**values)
-        except (ValidationError, ValueError) as exc:
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            env = environment_variables().get(str(first["loc"][0]) if first["loc"] else "", "")
+            message = first["msg"].removeprefix("Value error, ")
+            shown = message if env and env in message else f"{env}: {message}"
+            raise UserError(f"bad setting in the environment: {shown}") from exc
+        except ValueError as exc:
             raise UserError(f"bad setting in the environment: {exc}".splitlines()[0]) from exc
 
 

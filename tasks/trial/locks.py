@@ -162,13 +162,10 @@ def _redis_lease_manager_class():
             self._renewer: threading.Thread | None = None
             self._guard = threading.Lock()
 
-        def __getstate__(self) -> dict[str, Any]:
-            return {**super().__getstate__(), "lease": self.lease}
-
-        def __setstate__(self, state: dict[str, Any]) -> None:
-            lease = state.pop("lease", LEASE_SECONDS)
-            super().__setstate__(state)
-            self.lease, self._renewer, self._guard = lease, None, threading.Lock()
+        def __reduce__(self):
+            # rebuilt from its settings by a module-level function (the class is made on
+            # first use, so that prefect-redis is imported only where it is used)
+            return redis_lease_lock_manager, (self.connection_url, self.lease)
 
         def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                          hold_timeout: float | None = None) -> bool:
