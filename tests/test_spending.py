@@ -181,12 +181,38 @@ def test_the_loop_never_starts_a_trial_the_budget_cannot_finish(synthetic_handle
     if len(results) < len(configs):  # ended by the budget: the next one did not fit
         refused = configs[len(results)]
         assert spending.refused is not None and spending.refused[0] == refused.label()
-        assert spent + model.predict(refused) > budget
+        assert spent + spending.predict(refused) > budget
     # every start fitted by its prediction; only a prediction's error can over-run
     misses = sum(5.0 for r in results if r.config.dropout == 0.5)
     assert spent <= budget + misses
     summary = spending.summary()
     assert summary.trials == len(results) and summary.budget_minutes == minutes
+
+
+@pytest.mark.parametrize("true, predicted", [(20.0, 10.0), (10.0, 20.0)])
+def test_predictions_follow_the_runs_own_pace(true, predicted):
+    """The cache's times came from a machine twice as fast (or slow) as this run's: after
+    PACE_AFTER trained trials the predictions are scaled, and the budget is spent to within
+    one trial without over-running it."""
+    configs = [TrialConfig(units=8 + i) for i in range(40)]  # a shape each
+    model = CostModel([result(c.model_copy(update={"seed": 9}), predicted) for c in configs],
+                      600)  # every shape measured in the cache, at the other machine's pace
+    spending = Spending(2.0, model, "fp", "compiled")  # 120 s
+    for config in configs:
+        verdict = spending.admit(config)
+        if verdict is Verdict.STOP:
+            break
+        spending.started(config)
+        spending.charge(result(config, true))
+    assert spending.pace() == pytest.approx(true / predicted, rel=0.2)
+    assert 120 - true < spending.spent_seconds <= 120
+    assert spending.refused is not None and "at this run's pace" in spending.refused[2]
+    assert spending.predict(configs[-1]) == pytest.approx(
+        model.predict(configs[-1]) * spending.pace())
+    # a shape this run trained is predicted by this run's own measurements
+    again = spending.run_shapes and configs[0].model_copy(update={"dropout": 0.5})
+    assert spending.predict(again) == pytest.approx(true)
+    assert "trained in this run" in spending.source(again)
 
 
 def test_with_one_worker_the_budget_is_never_exceeded_by_an_exact_model():

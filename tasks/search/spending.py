@@ -24,6 +24,14 @@ instead (the same rule as the per-budget curve). Trials in flight always finish.
 over-run is therefore only the predictions' error (or, when the cache held the last trial
 taken, at most its measured time), the under-run at most the cost of the config that did
 not fit.
+
+**Predictions follow this run's pace.** The cache's times were measured on the machine and
+under the load of the runs that trained them; this run may be faster or slower (another
+machine, other work beside it). So a config to be trained is predicted, first, by the mean
+of the trials of its shape this run trained; else by the cache's cost model times the run's
+pace, once :data:`PACE_AFTER` trials have trained in this run: their measured seconds over
+what the cache's model predicted for them (:meth:`Spending.pace`, within
+:data:`PACE_LIMITS`). A config the cache holds costs its measured time, unscaled.
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ from tasks.trial.result import TrialResult
 #: project's 2-core AMD EPYC (4.25e-5, 2026-12-02, a busy machine). Replaced by the cache's
 #: own ratio as soon as it holds a trial.
 DEFAULT_SECONDS_PER_COST = 4.0e-5
+
+#: Trials this run must have trained before its pace scales the predictions, and the range
+#: the pace is kept in (module doc).
+PACE_AFTER = 2
+PACE_LIMITS = (0.25, 4.0)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
 _UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0}
@@ -112,8 +125,8 @@ class CostModel:
     In order: the config's own measured time when the cache holds it; else the mean measured
     time of the trials of the same shape (:func:`shape`); else a size model, seconds =
     rate x ``training_cost(train_size)``, with the rate the median over every measured trial
-    (:data:`DEFAULT_SECONDS_PER_COST` while there is none). Trials told to :meth:`observe`
-    during a run join the model."""
+    (:data:`DEFAULT_SECONDS_PER_COST` while there is none). It holds the cache as the run
+    found it: the run's own trials are :class:`Spending`'s (its pace)."""
 
     def __init__(self, results: Iterable[TrialResult], train_size: int):
         self.train_size = train_size
@@ -176,6 +189,9 @@ class Spending:
     in_flight: dict[str, float] = field(default_factory=dict)  # key -> predicted seconds
     predicted: dict[str, float] = field(default_factory=dict)  # key -> prediction at start
     refused: tuple[str, float, str] | None = None  # (label, predicted s, source) that ended it
+    paced: list[tuple[float, float]] = field(default_factory=list)  # (measured, predicted) s
+    unscaled: dict[str, float] = field(default_factory=dict)  # key -> the model's prediction
+    run_shapes: dict[tuple[int, int, int], list[float]] = field(default_factory=dict)
 
     @property
     def budget_seconds(self) -> float:
@@ -188,9 +204,40 @@ class Spending:
         """Seconds spent plus the predicted cost of the trials in flight."""
         return self.spent_seconds + sum(self.in_flight.values())
 
+    def pace(self) -> float:
+        """This run's trained trials' measured seconds over their predictions (1 before
+        :data:`PACE_AFTER` of them; kept within :data:`PACE_LIMITS`)."""
+        if len(self.paced) < PACE_AFTER:
+            return 1.0
+        ratio = sum(m for m, _ in self.paced) / max(sum(p for _, p in self.paced), 1e-9)
+        return min(max(ratio, PACE_LIMITS[0]), PACE_LIMITS[1])
+
+    def predict(self, config: TrialConfig, key: str | None = None) -> float:
+        """Predicted seconds of ``config`` in this run (module doc): a cached config's
+        measured time; else the mean of its shape's trials trained in this run; else the
+        cache's cost model at this run's pace."""
+        key = key or self.key(config)
+        if key in self.model.known:
+            return self.model.predict(config, key)
+        here = self.run_shapes.get(shape(config))
+        if here:
+            return statistics.fmean(here)
+        return self.model.predict(config, key) * self.pace()
+
+    def source(self, config: TrialConfig, key: str | None = None) -> str:
+        """How :meth:`predict` got its number (for the report)."""
+        key = key or self.key(config)
+        here = self.run_shapes.get(shape(config))
+        if key not in self.model.known and here:
+            return f"mean of {len(here)} trials of its shape trained in this run"
+        text = self.model.source(config, key)
+        if key not in self.model.known and self.pace() != 1.0:
+            text += f", at this run's pace x{self.pace():.2f}"
+        return text
+
     def admit(self, config: TrialConfig) -> Verdict:
         key = self.key(config)
-        cost = self.model.predict(config, key)
+        cost = self.predict(config, key)
         if key in self.model.known:
             # in the cache: nothing is trained, so it is taken while any budget is left, and
             # charged its measured time (a rerun replays an earlier run's choices)
@@ -200,12 +247,14 @@ class Spending:
             return Verdict.START
         if self.in_flight:
             return Verdict.WAIT
-        self.refused = (config.label(), cost, self.model.source(config, key))
+        self.refused = (config.label(), cost, self.source(config, key))
         return Verdict.STOP
 
     def started(self, config: TrialConfig) -> None:
         key = self.key(config)
-        self.in_flight[key] = self.predicted[key] = self.model.predict(config, key)
+        self.in_flight[key] = self.predicted[key] = self.predict(config, key)
+        if key not in self.model.known:
+            self.unscaled[key] = self.model.predict(config, key)
 
     def charge(self, result: TrialResult) -> None:
         """A trial this budget admitted was told: its measured time is spent (one it did
@@ -213,10 +262,16 @@ class Spending:
         if self.in_flight.pop(result.trial_key, None) is None:
             return
         seconds = measured_seconds(result) or 0.0
+        unscaled = self.unscaled.pop(result.trial_key, None)
+        if not result.cached:
+            full = full_seconds(result)
+            if full is not None:
+                self.run_shapes.setdefault(shape(result.config), []).append(full)
+            if unscaled and result.status == "completed":
+                self.paced.append((seconds, unscaled))
         self.spent_seconds += seconds
         self.bought += 1
         self.from_cache += bool(result.cached)
-        self.model.observe(result)
 
     def status(self) -> str:
         """The terminal's note on a trial line: ``3.21 of 10 min of training spent``."""
