@@ -105,6 +105,7 @@ def test_reports_backfill_old_trials_and_draw_accuracy_against_latency(tmp_path)
     assert f"Measured on: {latency.machine()} (3 trials)" in text
     front = pd.read_parquet(out / "pareto_latency_ms.parquet")
     assert set(front["trial_key"]) <= {"k16relu", "k64relu", "k256relu"}
+    assert front["note"].str.contains("fastest within 0.005 of the best").sum() == 1
     assert (out / "pareto_latency_ms.png").stat().st_size > 5_000
 
 

@@ -49,7 +49,8 @@ def front_table(front: pd.DataFrame, frame: pd.DataFrame, tolerance: float = DEF
     table["below_best"] = (top - front[accuracy]).astype(np.float64)
     if "train_seconds" in front.columns:
         table["train_seconds"] = pd.to_numeric(front["train_seconds"], errors="coerce")
-    within = f"smallest within {tolerance:g} of the best"
+    superlative = cost_names(cost).smallest.split()[0].lower()  # smallest, fastest, ...
+    within = f"{superlative} within {tolerance:g} of the best"
 
     def note(point: tuple[float, float]) -> str:
         # on the front, (cost, accuracy) names one trial; both marked trials are on it

@@ -174,7 +174,8 @@ def plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, path: figures.PathLike
     if highlight is not None:
         ax.plot([highlight[cost]], [highlight[accuracy]], linestyle="none", marker="D",
                 markersize=9, markerfacecolor="none", markeredgecolor="C3",
-                markeredgewidth=2, zorder=5, label=f"smallest within {tolerance:g} of the best")
+                markeredgewidth=2, zorder=5,
+                label=f"{names.smallest.split()[0].lower()} within {tolerance:g} of the best")
 
     ax.set_xscale("log")
     low, high = y_limits(y)
