@@ -187,6 +187,8 @@ def main() -> None:
         team = read_env_file(team_env_file)
         team_dir = team_env_file.parent
         time.sleep(10)  # let the services settle
+        print(f"load average before the runs: {os.getloadavg()[0]:.1f} "
+              "(other work on the machine slows the runs it overlaps)")
         show_memory("idle, before any run", service_memory(team_dir))
 
         grid = ["--data", args.data, "--units", *UNITS, "--dropout", *DROPOUT,
@@ -206,7 +208,8 @@ def main() -> None:
                    "PIPELINE_DATA_DIR": str(folder / "data"),
                    "PIPELINE_REPORTS_DIR": str(folder / "reports")}
             runs.append(run_grid(label, env, [*grid, *runner, "--workers", "2"]))
-            print(f"{label}: {runs[-1]['wall s']:.1f} s")
+            print(f"{label}: {runs[-1]['wall s']:.1f} s (load average after: "
+                  f"{os.getloadavg()[0]:.1f})")
         folder = Path(team["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]).parent / "bench"
         env = {**base, **team, "PREFECT_HOME": str(work / "team-client-home"),
                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(folder / f"storage-{time.time():.0f}"),
@@ -214,7 +217,8 @@ def main() -> None:
         runs.append(run_grid("team, dask(address)", env,
                              [*grid, "--runner", "dask", "--dask-address",
                               team["MNIST_DASK_ADDRESS"]]))
-        print(f"team: {runs[-1]['wall s']:.1f} s")
+        print(f"team: {runs[-1]['wall s']:.1f} s (load average after: "
+              f"{os.getloadavg()[0]:.1f})")
         time.sleep(10)
         show_memory("idle, after the runs", service_memory(team_dir))
 

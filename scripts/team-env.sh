@@ -5,6 +5,8 @@
 #
 #   MNIST_TEAM_DIR           state folder (default: <repo>/.prefect-local/team)
 #   MNIST_TEAM_HOST          the address every service listens on (default 127.0.0.1)
+#   MNIST_TEAM_ALLOW         a CIDR (10.0.0.0/24) PostgreSQL accepts besides loopback (default:
+#                            none); Redis and Prefect take anyone with the password
 #   MNIST_TEAM_PG_PORT       PostgreSQL (default 5433)
 #   MNIST_TEAM_REDIS_PORT    Redis (default 6380)
 #   MNIST_TEAM_PREFECT_PORT  the Prefect server and UI (default 4310)

@@ -79,6 +79,13 @@ if [ ! -f "$TEAM_PGDATA/PG_VERSION" ]; then
   fi
   rm -f "$pwfile"
 fi
+# other machines (MNIST_TEAM_ALLOW, a CIDR such as 10.0.0.0/24): allowed in, with the password
+if [ -n "${MNIST_TEAM_ALLOW:-}" ] &&
+    ! as_pg grep -q "^host all all $MNIST_TEAM_ALLOW scram-sha-256" "$TEAM_PGDATA/pg_hba.conf"; then
+  echo "host all all $MNIST_TEAM_ALLOW scram-sha-256" | as_pg tee -a "$TEAM_PGDATA/pg_hba.conf" >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" reload >/dev/null 2>&1 || true
+  echo "postgres: connections from $MNIST_TEAM_ALLOW allowed (with the password)"
+fi
 if as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" status >/dev/null 2>&1; then
   echo "postgres: already running"
 else
@@ -142,6 +149,7 @@ cat >"$TEAM_ENV" <<ENV
 export PREFECT_API_URL=http://$H:$MNIST_TEAM_PREFECT_PORT/api
 export PREFECT_UI_URL=http://$H:$MNIST_TEAM_PREFECT_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_API_AUTH_STRING=$TEAM_PG_USER:$SECRET
 # a run outlives a server restart: its client retries a lost connection 7 times, after 2, 4,
 # ... 128 s (about 4 minutes in all; Prefect's default, 5, gives up after about one)
 export PREFECT_CLIENT_MAX_RETRIES=7
@@ -170,7 +178,7 @@ if running "$RUN/server.pid"; then
 else
   echo "server: starting on $PREFECT_UI_URL (database: PostgreSQL, prefect)"
   mkdir -p "$MNIST_TEAM_DIR/server-home"
-  PREFECT_HOME="$MNIST_TEAM_DIR/server-home" \
+  PREFECT_HOME="$MNIST_TEAM_DIR/server-home" PREFECT_SERVER_API_AUTH_STRING="$TEAM_PG_USER:$SECRET" \
     PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://$TEAM_PG_USER:$SECRET@$H:$MNIST_TEAM_PG_PORT/prefect" \
     nohup prefect server start --host "$H" --port "$MNIST_TEAM_PREFECT_PORT" \
     >"$TEAM_LOGS/server.log" 2>&1 </dev/null &

@@ -173,7 +173,7 @@ def trainings_per_cell(*tables: pd.DataFrame) -> dict[str, int]:
     return trained.to_dict()
 
 
-def test_the_stack_is_loopback_only_with_a_private_secret(stack):
+def test_the_stack_is_loopback_only_and_asks_for_the_secret(stack):
     team = stack.team
     for name in ("PREFECT_API_URL", "PIPELINE_LOCKS", "PIPELINE_OPTUNA_STORAGE",
                  "MNIST_DASK_ADDRESS"):
@@ -186,6 +186,12 @@ def test_the_stack_is_loopback_only_with_a_private_secret(stack):
     with pytest.raises(redis.AuthenticationError):  # no password, no Redis
         redis.Redis(host="127.0.0.1", port=int(stack.env["MNIST_TEAM_REDIS_PORT"])).ping()
     assert stack.redis().ping()
+    import httpx
+
+    api = stack.team["PREFECT_API_URL"]
+    assert httpx.post(f"{api}/flows/count", timeout=10).status_code == 401  # no password
+    user, _, password = stack.team["PREFECT_API_AUTH_STRING"].partition(":")
+    assert httpx.post(f"{api}/flows/count", auth=(user, password), timeout=10).status_code == 200
     # idempotent: a second up.sh starts nothing new
     pids = {name: stack.pid(name) for name in ("server", "redis", "dask-scheduler", "worker")}
     again = subprocess.run(UP, cwd=PROJECT_ROOT, env=stack.env, capture_output=True, text=True,
@@ -319,7 +325,7 @@ def killed_trial_runs(stack: Stack, since: float) -> list[str]:
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     async def read():
         after = datetime.datetime.fromtimestamp(since, datetime.UTC)
@@ -335,7 +341,9 @@ def killed_trial_runs(stack: Stack, since: float) -> list[str]:
                     twice.append(run.name)
             return twice
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.team["PREFECT_API_URL"]}):
+    with temporary_settings(updates={PREFECT_API_URL: stack.team["PREFECT_API_URL"],
+                                     PREFECT_API_AUTH_STRING: stack.team[
+                                         "PREFECT_API_AUTH_STRING"]}):
         return asyncio.run(read())
 
 
