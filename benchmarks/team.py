@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -233,6 +234,7 @@ def main() -> None:
         if own_stack and stack_env is not None:
             subprocess.run([str(PROJECT_ROOT / "scripts" / "down.sh"), "--team"],
                            cwd=PROJECT_ROOT, env=stack_env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
