@@ -380,3 +380,37 @@ def test_a_prefect_server_restart_mid_run(stack, mnist_big, tmp_path):
     assert process.returncode == 0, out[-2000:] + err[-3000:]
     table = report_table(tmp_path / "reports")
     assert len(table) == 6 and (table["status"] == "completed").all()
+
+
+HOLDER = """
+import sys, time
+from tasks.trial.locks import redis_lease_lock_manager
+manager = redis_lease_lock_manager(sys.argv[1], lease=float(sys.argv[2]))
+assert manager.acquire_lock("trial-lease-test", "killed holder")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_redis_locks_are_leases_renewed_while_held_and_freed_when_the_holder_dies(stack):
+    from tasks.trial.locks import redis_lease_lock_manager
+
+    url, lease = stack.team["PIPELINE_LOCKS"], 2.0
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, str(lease)], cwd=PROJECT_ROOT,
+                              env=stack.client_env(Path(stack.folder) / "lease-test"),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiting = redis_lease_lock_manager(url, lease=lease)
+        # renewed by its live holder: still held after more than two leases
+        assert not waiting.acquire_lock("trial-lease-test", "waiting run", acquire_timeout=5)
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert waiting.acquire_lock("trial-lease-test", "waiting run", acquire_timeout=30)
+        took = time.monotonic() - killed
+        assert took <= lease + 1.5, took  # free once the lease ran out, not for ever
+        waiting.release_lock("trial-lease-test", "waiting run")
+        assert not waiting.is_locked("trial-lease-test")
+    finally:
+        holder.kill()
+        holder.wait()
