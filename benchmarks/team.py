@@ -102,7 +102,9 @@ def private_bytes(pid: int) -> int:
 def service_memory(team_dir: Path) -> dict[str, tuple[int, int]]:
     """Service -> (processes, private bytes), each service with its child processes."""
     roots: dict[str, int] = {}
-    pg_pid = team_dir / "postgres" / "data" / "postmaster.pid"
+    recorded = team_dir / "postgres-dir"  # where team-up.sh put PostgreSQL's data
+    pg_root = Path(recorded.read_text().strip()) if recorded.exists() else team_dir / "postgres"
+    pg_pid = pg_root / "data" / "postmaster.pid"
     if pg_pid.exists():
         roots["postgresql"] = int(pg_pid.read_text().split()[0])
     names = {"redis": "redis", "server": "prefect server", "dask-scheduler": "dask scheduler",

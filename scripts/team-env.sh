@@ -33,8 +33,12 @@ TEAM_RUN="$MNIST_TEAM_DIR/run"            # pid files
 TEAM_LOGS="$MNIST_TEAM_DIR/logs"
 TEAM_SECRET="$MNIST_TEAM_DIR/secret"
 TEAM_ENV="$MNIST_TEAM_DIR/team.env"
-TEAM_PGDATA="$MNIST_TEAM_DIR/postgres/data"
-TEAM_PGLOG="$MNIST_TEAM_DIR/postgres/postgres.log"
+# PostgreSQL's folder: $MNIST_TEAM_DIR/postgres, or, where PostgreSQL's user cannot reach the
+# state folder (started as root in a private folder such as /root), a folder in that user's
+# home; team-up.sh records the choice in $MNIST_TEAM_DIR/postgres-dir
+TEAM_PG_ROOT="$(cat "$MNIST_TEAM_DIR/postgres-dir" 2>/dev/null || echo "$MNIST_TEAM_DIR/postgres")"
+TEAM_PGDATA="$TEAM_PG_ROOT/data"
+TEAM_PGLOG="$TEAM_PG_ROOT/postgres.log"
 TEAM_SHARED="$MNIST_TEAM_DIR/shared"      # what every worker machine mounts at the same path
 TEAM_PG_USER=mnist
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The team's stack on this machine (`scripts/up.sh --team` runs this), in order:
 #   1. PostgreSQL (its own cluster in $MNIST_TEAM_DIR/postgres, run as the `postgres` system
-#      user when started as root), with a database `prefect` and a database `optuna`;
+#      user when started as root; in that user's home where it cannot reach $MNIST_TEAM_DIR), with a database `prefect` and a database `optuna`;
 #   2. Redis (password required, nothing saved to disk): the trial locks across machines;
 #   3. the Prefect server on PostgreSQL;
 #   4. a Dask scheduler and $MNIST_TEAM_DASK_WORKERS Dask worker processes (`--nworkers 1
@@ -25,9 +25,10 @@ source "$(dirname "$0")/procs.sh"
 cd "$MNIST_ROOT"
 RUN="$TEAM_RUN"
 H="$MNIST_TEAM_HOST"
-umask 077
-mkdir -p "$MNIST_TEAM_DIR" "$RUN" "$TEAM_LOGS" "$TEAM_SHARED/prefect-storage" "$TEAM_SHARED/data"
+mkdir -p "$MNIST_TEAM_DIR"  # with the usual umask: its parents stay reachable by PostgreSQL
 chmod 755 "$MNIST_TEAM_DIR"  # PostgreSQL's user must reach its folder; the files stay 0600
+umask 077
+mkdir -p "$RUN" "$TEAM_LOGS" "$TEAM_SHARED/prefect-storage" "$TEAM_SHARED/data"
 
 fail() { echo "team: $*" >&2; exit 1; }
 
@@ -52,9 +53,15 @@ PGBIN="$(pg_bindir)"
 [ -n "$PGBIN" ] || fail "PostgreSQL's programs not found under /usr/lib/postgresql"
 if [ "$(id -u)" = 0 ]; then
   id postgres >/dev/null 2>&1 || fail "no 'postgres' system user to run PostgreSQL as"
-  runuser -u postgres -- test -x "$MNIST_TEAM_DIR" ||
-    fail "the 'postgres' user cannot reach $MNIST_TEAM_DIR (a parent folder is private); set MNIST_TEAM_DIR to a path it can reach"
+  if [ ! -f "$MNIST_TEAM_DIR/postgres-dir" ] && ! runuser -u postgres -- test -x "$MNIST_TEAM_DIR"; then
+    # a private parent folder (/root): PostgreSQL's data in its own user's home instead
+    TEAM_PG_ROOT="$(getent passwd postgres | cut -d: -f6)/mnist-team-$(printf %s "$MNIST_TEAM_DIR" | sha256sum | cut -c1-12)"
+    TEAM_PGDATA="$TEAM_PG_ROOT/data"
+    TEAM_PGLOG="$TEAM_PG_ROOT/postgres.log"
+    echo "postgres: $MNIST_TEAM_DIR is not reachable by the 'postgres' user; its data goes to $TEAM_PG_ROOT"
+  fi
 fi
+echo "$TEAM_PG_ROOT" >"$MNIST_TEAM_DIR/postgres-dir"
 
 # the secret: one generated password for PostgreSQL and Redis, readable by its owner only
 if [ ! -s "$TEAM_SECRET" ]; then
@@ -67,10 +74,10 @@ SECRET="$(cat "$TEAM_SECRET")"
 if [ ! -f "$TEAM_PGDATA/PG_VERSION" ]; then
   echo "postgres: creating the cluster in $TEAM_PGDATA"
   mkdir -p "$TEAM_PGDATA"
-  pwfile="$MNIST_TEAM_DIR/postgres/.pwfile"
+  pwfile="$TEAM_PG_ROOT/.pwfile"
   printf '%s\n' "$SECRET" >"$pwfile"
-  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$MNIST_TEAM_DIR/postgres"; fi
-  chmod 700 "$MNIST_TEAM_DIR/postgres" "$TEAM_PGDATA"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$TEAM_PG_ROOT"; fi
+  chmod 700 "$TEAM_PG_ROOT" "$TEAM_PGDATA"
   if ! as_pg "$PGBIN/initdb" -D "$TEAM_PGDATA" -U "$TEAM_PG_USER" --pwfile="$pwfile" \
       --auth=scram-sha-256 -E UTF8 --locale=C >"$TEAM_LOGS/initdb.log" 2>&1; then
     rm -f "$pwfile"
