@@ -258,3 +258,18 @@ def test_a_worker_ends_when_the_process_that_started_it_is_killed(tmp_path):
         assert not child.is_running()
     finally:
         parent.kill()
+
+
+def test_a_worker_whose_parent_died_while_it_started_exits_before_taking_work(monkeypatch):
+    """A pool worker still importing when its flow process was killed must not run the work
+    items left in the pool's queue: it compares its parent with the pid spawn gave it."""
+    from tasks.search import workers
+
+    class Gone:
+        pid = os.getppid() + 1_000_000  # not this process's parent any more
+
+    exits = []
+    monkeypatch.setattr("multiprocessing.parent_process", lambda: Gone())
+    monkeypatch.setattr(workers.os, "_exit", lambda code: exits.append(code))
+    workers.watch_parent(poll=60)
+    assert exits == [70]

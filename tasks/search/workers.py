@@ -44,10 +44,17 @@ def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
     minutes, holding a core. A daemon thread compares the parent's pid with the one at start
     (an orphan is re-parented); ``prctl(PR_SET_PDEATHSIG)`` is not used, because it fires
     when the parent's *thread* that started the worker ends, which a pool's threads do."""
+    import multiprocessing
     import threading
     import time
 
-    parent = os.getppid()
+    # a pool's worker knows its parent's pid from the start (spawn passes it): a worker still
+    # importing when its parent was killed finds itself orphaned already, and must not take
+    # the work items left in the pool's queue
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+    if os.getppid() != parent:
+        os._exit(70)
     if parent <= 1:
         return
 
