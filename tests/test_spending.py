@@ -414,12 +414,18 @@ def test_a_tune_asks_an_unseen_config_instead_of_a_trial_its_study_holds(mnist_f
         asked = proposer.ask()
         assert asked.config == configs[3] and not asked.known
         proposer.heartbeats.release(asked.token.number)
-        proposer.known_keys = set(keys[:3])
+        proposer.known_keys, proposer.asked_keys = set(keys[:3]), set()
     repeats = [t for t in proposer.study.trials if t.user_attrs.get("repeat_of")]
     assert all(t.state == optuna.trial.TrialState.FAIL for t in repeats)
     assert {t.user_attrs["repeat_of"] for t in repeats} <= set(keys[:3])
+    # nor is a config this run asked and is still training asked again
+    proposer.known_keys, proposer.asked_keys = set(keys[:2]), set()
+    first, second = proposer.ask(), proposer.ask()
+    assert {first.config, second.config} == set(configs[2:])
+    for asked in (first, second):
+        proposer.heartbeats.release(asked.token.number)
     # nothing unseen is left: the repeat is asked (it costs nothing), and 25 in a row stop
-    proposer.known_keys = set(keys)
+    proposer.known_keys, proposer.asked_keys = set(keys), set()
     asks = [proposer.ask() for _ in range(30)]
     done = [a for a in asks if a is not None]
     assert all(a.known for a in done) and len(done) == 25 and asks[-1] is None

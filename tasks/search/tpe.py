@@ -334,6 +334,7 @@ class TuneProposer:
         self.to_finish = max(0, trials - self.finished_before)
         self.asked = 0
         self.known_in_a_row = 0
+        self.asked_keys: set[str] = set()  # asked by this run (in flight or told)
         self.seed = seed
         self.fingerprint, self.backend = data.fingerprint, backend
         self._results: list[TrialResult] = []
@@ -427,11 +428,13 @@ class TuneProposer:
         trial = self.ask_study()
         config = self.space.config(trial.params)
         key = trial_key(config, self.fingerprint, self.backend)
-        if key in self.known_keys:
-            # the sampler proposes a trial the study held before this run (a warm TPE over a
-            # categorical space keeps returning to its best ones): it would learn nothing
-            # from it, so a random config the study does not hold is asked instead
+        if key in self.known_keys or key in self.asked_keys:
+            # the sampler proposes a trial the study held before this run, or one this run
+            # asked already and is training (a warm TPE over a categorical space keeps
+            # returning to its best ones): it would learn nothing from it, so a random config
+            # the study does not hold is asked instead
             trial, config, key = self.replace_repeat(trial, key)
+        self.asked_keys.add(key)
         trial.set_user_attr("config", config.model_dump(mode="json"))
         self.asked += 1
         known = key in self.known_keys
@@ -469,7 +472,8 @@ class TuneProposer:
             params = {name: dim.round(dim.draw(rng))
                       for name, dim in self.space.dimensions().items()}
             config = self.space.config(params)
-            if trial_key(config, self.fingerprint, self.backend) not in self.known_keys:
+            candidate = trial_key(config, self.fingerprint, self.backend)
+            if candidate not in self.known_keys and candidate not in self.asked_keys:
                 break
         else:
             return trial, self.space.config(trial.params), key
