@@ -20,7 +20,7 @@ def test_defaults_are_the_exercise_baseline():
         ("epochs", 0, "epochs=0"),
         ("learning_rate", 0.0, "learning_rate=0.0"),
         ("learning_rate", -1e-3, "learning_rate=-0.001"),
-        ("activation", "swish", "'relu', 'elu', 'sigmoid' or 'tanh'"),
+        ("activation", "swish", "'relu', 'elu', 'sigmoid', 'tanh' or 'linear'"),
     ],
 )
 def test_bad_values_name_the_parameter_and_what_is_allowed(field, value, words):

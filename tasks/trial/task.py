@@ -29,7 +29,7 @@ from tasks.trial.faults import (
     retry_only_transient,
 )
 from tasks.trial.latency import measure_weights
-from tasks.trial.locks import FlockLockManager
+from tasks.trial.locks import TrialLockManager
 from tasks.trial.pruning import (
     TrialLink,
     epoch_reporter,
@@ -167,7 +167,7 @@ def train_prunable(config: TrialConfig, data: DataHandle, backend: str, key: str
     task_run_name="train {config.units}u-d{config.dropout}-{config.activation}"
     "-lr{config.learning_rate}-b{config.batch_size}-e{config.epochs}",
     cache_policy=CacheKeyFnPolicy(cache_key_fn=trial_cache_key).configure(
-        isolation_level="SERIALIZABLE", lock_manager=FlockLockManager()),
+        isolation_level="SERIALIZABLE", lock_manager=TrialLockManager()),
     persist_result=True,
     result_serializer="json",
     cache_result_in_memory=False,
