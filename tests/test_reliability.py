@@ -271,5 +271,9 @@ def test_a_worker_whose_parent_died_while_it_started_exits_before_taking_work(mo
     exits = []
     monkeypatch.setattr("multiprocessing.parent_process", lambda: Gone())
     monkeypatch.setattr(workers.os, "_exit", lambda code: exits.append(code))
-    workers.watch_parent(poll=60)
+    workers.watch_parent(poll=0.01)
     assert exits == [70]
+    # and it watches nothing more (a watch thread would end the test process itself)
+    time.sleep(0.1)
+    assert exits == [70]
+    assert not any(t.name == "watch-parent" for t in __import__("threading").enumerate())

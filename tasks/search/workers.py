@@ -46,7 +46,6 @@ def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
     when the parent's *thread* that started the worker ends, which a pool's threads do."""
     import multiprocessing
     import threading
-    import time
 
     # a pool's worker knows its parent's pid from the start (spawn passes it): a worker still
     # importing when its parent was killed finds itself orphaned already, and must not take
@@ -55,16 +54,18 @@ def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
     parent = started_by.pid if started_by is not None else os.getppid()
     if os.getppid() != parent:
         os._exit(70)
-    if parent <= 1:
-        return
+    elif parent > 1:
+        threading.Thread(target=_watch, args=(parent, poll), name="watch-parent",
+                         daemon=True).start()
 
-    def watch() -> None:
-        while True:
-            time.sleep(poll)
-            if os.getppid() != parent:
-                os._exit(70)  # EX_SOFTWARE; no cleanup: the parent is gone
 
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+def _watch(parent: int, poll: float) -> None:
+    import time
+
+    while True:
+        time.sleep(poll)
+        if os.getppid() != parent:
+            os._exit(70)  # EX_SOFTWARE; no cleanup: the parent is gone
 
 
 def init_worker(intra_op_threads: int | None = None, tf_logs: bool = False,
