@@ -108,7 +108,8 @@ def test_make_task_runner_builds_each_kind_with_its_share_of_cores():
     processes = make_task_runner("processes", workers=2)
     assert isinstance(processes, ProcessPoolTaskRunner) and processes._max_workers == 2
     assert processes._initializer is init_worker
-    assert processes._initargs == (threads_per_worker(2), False)  # threads, no TF logs
+    # threads, no TF logs, and the worker ends with the flow process that started it
+    assert processes._initargs == (threads_per_worker(2), False, True)
     local = make_task_runner("dask", workers=2)
     assert isinstance(local, DaskTaskRunner) and local.address is None
     assert local.cluster_kwargs["n_workers"] == 2
