@@ -126,3 +126,11 @@ def test_trials_of_one_shape_share_the_median_of_their_measurements():
     assert shape_latency(frame)["latency_ms"].tolist()[:3] == [2.0, 2.0, 2.0]
     assert pd.isna(shape_latency(frame)["latency_ms"].iloc[3])
     assert frame["latency_ms"].tolist()[:3] == [1.0, 5.0, 2.0]  # the trials' own kept
+
+
+def test_damaged_weights_give_no_latency_instead_of_a_failed_report(tmp_path):
+    result = saved(tmp_path, 16)
+    with open(result.weights_path, "wb") as handle:
+        handle.write(b"not a zip archive")
+    assert latency.latency_of(result) is None
+    assert pd.isna(trials_frame([result])["latency_ms"].iloc[0])
