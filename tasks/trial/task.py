@@ -100,7 +100,7 @@ def result_of(config: TrialConfig, data: DataHandle, backend: str, key: str, out
     latency = None
     if outcome.weights_path:
         try:
-            latency = round(measure_weights(outcome.weights_path, config.activation), 6)
+            latency = measure_weights(outcome.weights_path, config.activation)
         except (OSError, ValueError):  # pragma: no cover (weights just written)
             latency = None
     return TrialResult(
