@@ -187,3 +187,14 @@ def test_a_tune_can_trade_accuracy_against_measured_latency(mnist_file, tmp_path
                                 pytest.approx(stored["latency_ms"])]
     report = (folder / "report.md").read_text()
     assert "latency (minimize)" in report and "## Accuracy against latency" in report
+
+
+@pytestmark_flows
+def test_three_objectives_make_one_study_and_a_report(mnist_file, tmp_path):
+    three = [*BOTH, "latency"]
+    folder = tiny_tune(mnist_file, tmp_path, "mo-three", trials=2, objectives=three, **SIZES)
+    study = load("mo-three")
+    assert study.metric_names == three and len(study.directions) == 3
+    assert all(len(t.values) == 3 for t in study.get_trials())
+    report = (folder / "report.md").read_text()
+    assert "params (minimize), latency (minimize)" in report
