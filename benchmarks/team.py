@@ -40,6 +40,10 @@ import pandas as pd
 import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from tasks.settings import read_env_file  # noqa: E402
+
 UNITS = ["16", "32", "64", "128", "256"]
 DROPOUT = ["0", "0.1", "0.3", "0.5"]
 
@@ -74,15 +78,6 @@ def start_stack(folder: Path) -> tuple[dict[str, str], float]:
     if up.returncode != 0:
         sys.exit(f"scripts/up.sh --team failed:\n{up.stdout[-2000:]}{up.stderr[-2000:]}")
     return env, time.perf_counter() - started
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            name, _, value = line.removeprefix("export ").partition("=")
-            values[name] = value
-    return values
 
 
 def private_bytes(pid: int) -> int:

@@ -122,6 +122,17 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """The ``export NAME=value`` lines of an environment file (``team.env``, written by
+    ``scripts/up.sh --team``), as a dict."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            values[name] = value
+    return values
+
+
 #: This process's settings given by a command line's flags (``-v``), over the environment's.
 _OVERRIDES: dict[str, Any] = {}
 

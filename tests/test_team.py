@@ -34,6 +34,8 @@ import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
 
+from tasks.settings import read_env_file
+
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 
 UP = [str(PROJECT_ROOT / "scripts" / "up.sh"), "--team"]
@@ -81,15 +83,6 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            name, _, value = line.removeprefix("export ").partition("=")
-            values[name] = value
-    return values
 
 
 @dataclass
