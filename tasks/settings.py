@@ -60,6 +60,11 @@ class Settings(BaseModel):
                     "across runs): unset, OS file locks beside the result storage (one "
                     "machine); `redis://:PASSWORD@HOST:PORT/0`, Redis (several machines; "
                     "needs the `team` extra; `scripts/up.sh --team` writes it)")
+    retry_delays: list[float] = Field(
+        default_factory=lambda: [2.0, 8.0], json_schema_extra={"env": "PIPELINE_RETRY_DELAYS"},
+        description="seconds before each retry of a trial that failed transiently, comma "
+                    "separated (jittered by half; the number of values is the number of "
+                    "retries, at most 10); the tests set 0,0")
     tf_logs: bool = Field(
         False, json_schema_extra={"env": "PIPELINE_TF_LOGS"},
         description="1: show TensorFlow's own logs (what -v/--verbose sets)")
@@ -69,6 +74,21 @@ class Settings(BaseModel):
     def _faults_json(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _delays_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", "").split(",") if part]
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _delays_bounds(cls, value: list[float]) -> list[float]:
+        if not 1 <= len(value) <= 10 or any(delay < 0 for delay in value):
+            raise ValueError(f"PIPELINE_RETRY_DELAYS={','.join(f'{d:g}' for d in value)!r}: "
+                             "1 to 10 delays in seconds, each >= 0 (e.g. 2,8)")
         return value
 
     @field_validator("locks")
@@ -117,6 +137,8 @@ def settings_table() -> str:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = f"./{default.relative_to(PROJECT_ROOT)}"
+        elif isinstance(default, list) and default:
+            default = ",".join(f"{value:g}" for value in default)
         shown = "unset" if default in (None, [], False) else f"`{default}`"
         rows.append(f"| `{field.json_schema_extra['env']}` | {shown} | {field.description} |")
     return "\n".join(rows)

@@ -12,6 +12,7 @@ os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_HOME / "prefect" / "storage")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS"] = "0"
+os.environ["PIPELINE_RETRY_DELAYS"] = "0,0"  # the trials' retries: at once
 os.environ["PIPELINE_DATA_DIR"] = str(_HOME / "data")
 os.environ["PIPELINE_REPORTS_DIR"] = str(_HOME / "reports")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -237,7 +237,7 @@ def test_the_project_settings_hold_from_another_working_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout.split(maxsplit=5)
     # Prefect's own defaults are 20 s, analytics on, no retries
-    assert out[:5] == ["120", "False", "2", "[2,", "8]"]
+    assert out[:5] == ["120", "False", "2", "[2.0,", "8.0]"]
     assert out[5].strip() == str(PROJECT_ROOT / "data")
 
 

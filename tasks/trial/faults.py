@@ -17,9 +17,11 @@ class TransientTrainingError(RuntimeError):
 
 #: Errors worth another attempt.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientTrainingError, OSError)
-#: Retries of a training task and the delays before them, in seconds (jittered by half).
-TRIAL_RETRIES = 2
-TRIAL_RETRY_DELAYS = [2, 8]
+#: The delays before each retry of a training task, in seconds (jittered by half), and so the
+#: number of retries: ``$PIPELINE_RETRY_DELAYS`` (default 2,8), read once, when the task is
+#: declared (a worker process reads the same environment).
+TRIAL_RETRY_DELAYS = current().retry_delays
+TRIAL_RETRIES = len(TRIAL_RETRY_DELAYS)
 
 
 def is_transient(error: object) -> bool:
