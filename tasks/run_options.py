@@ -17,7 +17,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, SplitSpec
+from tasks.durations import check_budget
 from tasks.errors import UserError
+from tasks.settings import storage_url
 
 RunnerKind = Literal["auto", "threads", "processes", "dask"]
 
@@ -31,15 +33,9 @@ DrawSeed = Annotated[Seed, Field(
                 "smaller one)")]
 
 
-def _check_budget(value: str | None) -> str | None:
-    from tasks.search.spending import check_budget
-
-    return check_budget(value)
-
-
 #: ``--budget``: training minutes a random search or a tune may spend
 #: (:mod:`tasks.search.spending`).
-Budget = Annotated[str | None, AfterValidator(_check_budget), Field(
+Budget = Annotated[str | None, AfterValidator(check_budget), Field(
     description="training minutes to spend: 10m, 90s, 1.5h (a plain number is minutes). "
                 "Counted as the trials' measured training time over all workers (a trial "
                 "from the cache at its measured time), the axis of the report's per-budget "
@@ -82,8 +78,6 @@ class RunOptions(BaseModel):
     def optuna_storage(self, storage: str | None = None) -> str:
         """The Optuna storage of this run: ``storage``, else ``$PIPELINE_OPTUNA_STORAGE``,
         else ``optuna.db`` in the data directory (it moves with ``--data-dir``)."""
-        from tasks.search.optuna_storage import storage_url
-
         return storage_url(storage, self.data_dir)
 
 

@@ -172,5 +172,18 @@ def current() -> Settings:
     return settings.model_copy(update=_OVERRIDES) if _OVERRIDES else settings
 
 
+def storage_url(storage: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
+    """``storage``, else ``$PIPELINE_OPTUNA_STORAGE``, else ``sqlite:///<data dir>/optuna.db``
+    (``data_dir``: the run's ``--data-dir``; the storage moves with the data directory)."""
+    if storage:
+        return storage
+    settings = current()
+    if settings.optuna_storage:
+        return settings.optuna_storage
+    folder = Path(data_dir or settings.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
 if __name__ == "__main__":
     print(settings_table())

@@ -51,13 +51,28 @@ def reachable(modules: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+#: What the search stands on: none of them imports ``tasks.search`` (the flows' parameter
+#: models, the trial key, the data, the engine, the trial task).
+BELOW_SEARCH = ("tasks.run_options", "tasks.config", "tasks.durations", "tasks.settings",
+                "tasks.data", "tasks.engine", "tasks.trial")
+
+
+def in_layer(name: str, layers: tuple[str, ...]) -> bool:
+    """Whether module ``name`` is one of ``layers`` or inside one of those packages."""
+    return any(name == layer or name.startswith(layer + ".") for layer in layers)
+
+
 def test_the_layers_hold():
     """The engine imports neither Prefect nor the reports nor the search; the search and the
-    trial never import the reports (lazy imports included, and whatever they import)."""
+    trial never import the reports; nothing below the search (:data:`BELOW_SEARCH`) imports
+    it (lazy imports included, and whatever they import)."""
     modules = project_imports()
     assert len(modules) > 30, sorted(modules)
     for name in modules:
         below = reachable(modules, name)
+        if in_layer(name, BELOW_SEARCH):
+            upward = sorted(m for m in below if in_layer(m, ("tasks.search",)))
+            assert not upward, f"{name} imports the search layer: {upward}"
         if name.startswith("tasks.engine"):
             assert not below & {"prefect", "prefect_dask", "distributed", "optuna"}, name
             assert not {m for m in below if m.startswith(("tasks.reports", "tasks.search",

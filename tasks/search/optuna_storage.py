@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import fcntl
 import math
-import os
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tasks.settings import storage_url as storage_url  # the rule lives with the settings
 from tasks.trial.result import TrialResult
 
 #: What the studies maximize.
@@ -43,21 +43,6 @@ OBJECTIVE = "val_accuracy"
 SQLITE_TIMEOUT = 60
 
 T = TypeVar("T")
-
-
-def storage_url(storage: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
-    """``storage``, else ``$PIPELINE_OPTUNA_STORAGE``, else ``sqlite:///<data dir>/optuna.db``
-    (``data_dir``: the run's ``--data-dir``; the storage moves with the data directory)."""
-    from tasks.settings import current
-
-    if storage:
-        return storage
-    settings = current()
-    if settings.optuna_storage:
-        return settings.optuna_storage
-    folder = Path(data_dir or settings.data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
 def quiet_optuna() -> None:

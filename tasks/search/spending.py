@@ -36,13 +36,13 @@ what the cache's model predicted for them (:meth:`Spending.pace`, within
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from tasks.config import TrialConfig, trial_key
+from tasks.durations import minutes_text, parse_budget
 from tasks.trial.result import TrialResult
 
 #: Seconds of training per unit of :meth:`TrialConfig.training_cost` before anything was
@@ -55,45 +55,6 @@ DEFAULT_SECONDS_PER_COST = 4.0e-5
 #: the pace is kept in (module doc).
 PACE_AFTER = 2
 PACE_LIMITS = (0.25, 4.0)
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
-_UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0}
-
-
-def parse_budget(text: str | float | int) -> float:
-    """Minutes of training from ``10m``, ``90s``, ``1.5h`` or a plain number (minutes)."""
-    try:
-        return _minutes(text)
-    except ValueError as error:
-        raise ValueError(f"budget={text!r}: {error}") from None
-
-
-def _minutes(text: str | float | int) -> float:
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        minutes = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if match is None:
-            raise ValueError("expected training minutes as a number with an optional unit: "
-                             "10m, 90s, 1.5h (a plain number is minutes)")
-        minutes = float(match.group(1)) * _UNIT_MINUTES[(match.group(2) or "m").lower()]
-    if not minutes > 0:
-        raise ValueError("must be more than 0 minutes")
-    return minutes
-
-
-def minutes_text(minutes: float) -> str:
-    """``10 min``, ``1.5 min``, ``45 s``: a duration as people write it."""
-    if minutes < 1:
-        return f"{minutes * 60:.3g} s"
-    return f"{minutes:.4g} min"
-
-
-def check_budget(value: str | None) -> str | None:
-    """Pydantic validator of the flows' ``budget`` parameter (kept as its text)."""
-    if value is not None:
-        _minutes(value)  # pydantic names the value in front of the message
-    return value
 
 
 def shape(config: TrialConfig) -> tuple[int, int, int]:
