@@ -64,7 +64,7 @@ def run_study(method: str, seed: int, trials: int, space, splits) -> dict:
     from optuna.trial import TrialState
 
     from tasks.engine.train import train_model
-    from tasks.search.tpe import make_sampler
+    from tasks.search.tune.samplers import make_sampler
     from tasks.trial.pruning import make_pruner
 
     sampler, pruner = METHODS[method]

@@ -31,14 +31,9 @@ from tasks.reports.tune import write_tune_report_task
 from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
 from tasks.search.spending import make_spending
-from tasks.search.tpe import (
-    NOT_RECORDED,
-    OBJECTIVES,
-    UNBOUNDED,
-    SamplerName,
-    TuneProposer,
-    check_objectives,
-)
+from tasks.search.tune.objectives import NOT_RECORDED, OBJECTIVES, check_objectives
+from tasks.search.tune.proposer import UNBOUNDED, TuneProposer
+from tasks.search.tune.samplers import SamplerName
 from tasks.search.tune_space import (
     DEFAULT_TUNE_SPACE,
     TuneSpace,

@@ -16,7 +16,7 @@ from tasks.errors import UserError
 from tasks.run_options import FanOut, RunOptions
 from tasks.search.optuna_storage import IMPORTED_ATTR, storage_url
 from tasks.search.pareto import pareto_front
-from tasks.search.tpe import check_objectives
+from tasks.search.tune.objectives import check_objectives
 from tasks.search.tune_space import make_tune_space
 
 TINY = {"units": "choice:20", "dropout": "choice:0,0.1", "activation": "choice:relu",

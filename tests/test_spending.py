@@ -396,7 +396,7 @@ def test_a_config_the_search_already_held_costs_no_budget(synthetic_handle, monk
 def test_a_tune_asks_an_unseen_config_instead_of_a_trial_its_study_holds(mnist_file):
     from tasks.data.mnist import prepare_data
     from tasks.search.optuna_storage import storage_url
-    from tasks.search.tpe import TuneProposer
+    from tasks.search.tune.proposer import TuneProposer
     from tasks.search.tune_space import make_tune_space
 
     handle, _ = prepare_data(mnist_file, SplitSpec())

@@ -236,7 +236,7 @@ def test_two_tunes_of_one_study_on_postgresql(stack, mnist_file, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from tasks.search.tpe import HEARTBEAT_ATTR
+    from tasks.search.tune.heartbeats import HEARTBEAT_ATTR
 
     storage = stack.team["PIPELINE_OPTUNA_STORAGE"]
     command = [sys.executable, "flows/tune.py", "--data", str(mnist_file), "--trials", "3",

@@ -157,7 +157,7 @@ def test_trials_a_dead_tune_left_running_are_asked_again_first_a_live_tunes_neve
     import time
 
     from tasks.data.mnist import prepare_data
-    from tasks.search.tpe import TuneProposer
+    from tasks.search.tune.proposer import TuneProposer
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
     space = make_tune_space(**{**TINY, "units": "int_log:8:64"})

@@ -1,6 +1,6 @@
 """Several processes on one Optuna storage at once: a new SQLite file created by two at once,
 two tunes of one study, grid and random exports at the same moment, a killed tune's trial
-recovered while a live tune's is left alone (tasks.search.tpe, tasks.search.optuna_storage).
+recovered while a live tune's is left alone (tasks.search.tune, tasks.search.optuna_storage).
 
 Each process is this file run as a script (``python tests/test_tune_overlap.py ROLE JSON``):
 a TuneProposer on the synthetic MNIST handle whose "training" is a short sleep (the proposer,
@@ -62,7 +62,7 @@ def child_tune(args: dict) -> None:
     asked (write its number and params to ``holding``) until ``release`` appears (never, if
     not given: the test kills the process). Writes what it saw and told to ``out``."""
     from tasks.data.mnist import DataHandle
-    from tasks.search.tpe import TuneProposer
+    from tasks.search.tune.proposer import TuneProposer
     from tasks.search.tune_space import make_tune_space
 
     handle = DataHandle.model_validate_json(Path(args["data"]).read_text())

@@ -183,7 +183,7 @@ def write_pareto_front_figure(study, study_name: str, out: Path) -> str:
     from optuna.visualization import matplotlib as ov
 
     from tasks.reports.figures import common as figures
-    from tasks.search.tpe import OBJECTIVES
+    from tasks.search.tune.objectives import OBJECTIVES
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return ""

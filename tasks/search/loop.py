@@ -3,7 +3,7 @@ every result; the loop trains each config as the cached, retried trial task.
 
 Every search is a proposer (:class:`Proposer`): the grid, the random search and the best-of-N
 study are list proposers (:mod:`tasks.search.proposers`), the tune is Optuna's
-(:mod:`tasks.search.tpe`). The loop never asks which kind it has. It does what every search
+(:mod:`tasks.search.tune`). The loop never asks which kind it has. It does what every search
 needs, once: size the task runner, keep up to ``workers`` trials in flight, never submit a
 config that is in flight or finished in this run (a repeat gets that trial's result), print
 one line per finished trial, keep a progress artifact, and count what was trained, came from

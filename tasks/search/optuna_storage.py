@@ -12,7 +12,7 @@ a tune runs). For a SQLite file that needs two things Optuna does not do by itse
   3 of 3 tries with two processes started together). :func:`storage_lock` is an exclusive
   ``fcntl.flock`` on ``<name>.db.lock`` beside the file; :func:`open_storage` opens (and so
   creates) the storage under it. The tune also holds it while it creates or loads its study,
-  fails stale trials and asks (see :mod:`tasks.search.tpe`), and an export while it replaces
+  fails stale trials and asks (see ``docs/tune.md``), and an export while it replaces
   its study. On PostgreSQL (the team stack's storage: tunes on several machines) the same
   lock is a PostgreSQL advisory lock, held by a connection of its own, so it spans machines
   and ends with its holder's session if the holder dies; other storages (MySQL) take none.
@@ -50,7 +50,7 @@ def quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # the tune records the heartbeats of its asked trials itself (tasks.search.tpe)
+    # the tune records the heartbeats of its asked trials itself (tasks.search.tune.heartbeats)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 

@@ -3,11 +3,11 @@
 Each trial's result is persisted by ``train_trial_task`` as ``trial-<trial key>`` in Prefect's
 local result storage (JSON). Reading them all answers the questions a search asks before it
 trains: what did a config of this shape cost on this machine (``--budget``,
-:mod:`tasks.search.spending`), and which trials of a tune's space exist already (warm starts,
-:mod:`tasks.search.tpe`). Only results whose stored trial key is the key of their own config
-under the current training code are returned: a result of older code is never mistaken for
-one of today's. A file that cannot be read (being written, damaged) is skipped: the store is a
-hint, the task still decides what to train.
+:mod:`tasks.search.spending`), and which trials of a tune's space exist already (warm
+starts, :mod:`tasks.search.tune.warm_start`). Only results whose stored trial key is the key of
+their own config under the current training code are returned: a result of older code is
+never mistaken for one of today's. A file that cannot be read (being written, damaged) is
+skipped: the store is a hint, the task still decides what to train.
 """
 
 from __future__ import annotations
