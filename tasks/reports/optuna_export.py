@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.search.optuna_bulk import add_trials
 from tasks.search.optuna_storage import (
     OBJECTIVE,
     frozen_trial,
@@ -120,7 +121,7 @@ def export_run(name: str, results: Sequence[TrialResult], values: dict[str, list
                 pass
             study = optuna.create_study(study_name=name, storage=opened, direction="maximize")
             study.set_metric_names([OBJECTIVE])
-            study.add_trials([frozen_trial(i, r, distributions) for i, r in enumerate(distinct)])
+            add_trials(study, [frozen_trial(i, r, distributions) for i, r in enumerate(distinct)])
             for key, value in (attrs or {}).items():
                 study.set_user_attr(key, value)
             return study
