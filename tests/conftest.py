@@ -1,4 +1,13 @@
-"""Test set-up: isolated Prefect home and result storage, fast retries, synthetic MNIST."""
+"""Test set-up: isolated Prefect home, a result storage, data directory, reports directory and
+Optuna storage of its own for every test module (:func:`module_storage`), retries at once,
+synthetic MNIST.
+
+Two suites (``pyproject.toml``): ``python -m pytest -q`` is the fast one (unit and flow tests,
+no server beyond Prefect's test harness), ``python -m pytest -q -m slow`` the end-to-end one
+(real servers, killed workers; the team stack's tests also need ``MNIST_TEAM_TESTS=1``).
+Both pass in any order and under ``-n 2`` (pytest-xdist: each worker process has its own
+Prefect home and harness).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +32,10 @@ os.environ.pop("PIPELINE_LOCKS", None)  # trial locks: OS file locks, not a team
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+#: The team stack's end-to-end tests run only where this is 1 (``.ci/run`` sets it after
+#: starting the stack with ``scripts/up.sh --team``).
+TEAM_TESTS = "MNIST_TEAM_TESTS"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +103,37 @@ def real_mnist() -> Path:
     if not path or not Path(path).exists():
         pytest.skip("real MNIST not available: set MNIST_PATH to a Keras-format mnist.npz")
     return Path(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_storage(request, tmp_path_factory):
+    """Every test module trains into a result storage, data directory (processed data,
+    weights, the default Optuna storage) and reports directory of its own, so no module finds
+    another's trials in the cache, whatever order the modules run in. Tests within a module
+    share them; a test that must start empty takes ``tmp_path`` folders of its own."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    values = {"PREFECT_RESULTS_LOCAL_STORAGE_PATH": root / "storage",
+              "PIPELINE_DATA_DIR": root / "data", "PIPELINE_REPORTS_DIR": root / "reports"}
+    patch = pytest.MonkeyPatch()
+    for name, value in values.items():  # subprocesses (command-line tests) inherit them
+        patch.setenv(name, str(value))
+    try:
+        # this process's Prefect read its settings at import: change them in its context too
+        with temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH:
+                                         values["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]}):
+            yield root
+    finally:
+        patch.undo()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The team stack's tests skip, with the reason, unless ``MNIST_TEAM_TESTS=1``."""
+    if os.environ.get(TEAM_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"team stack tests: set {TEAM_TESTS}=1 and start the "
+                                   "stack (scripts/up.sh --team); .ci/run does both")
+    for item in items:
+        if "team" in item.keywords:
+            item.add_marker(skip)

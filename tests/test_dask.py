@@ -162,6 +162,7 @@ def test_the_worker_plugin_picks_threads_for_each_worker(monkeypatch):
     assert plugin.threads_for(worker("tcp://10.0.0.1:1")) == 5
 
 
+@pytest.mark.slow  # a local Dask cluster: worker processes of its own
 @with_prefect_api
 def test_dask_grid_matches_sequential_training_and_shares_the_threads_cache(
         mnist_file, tmp_path, capsys):
@@ -198,6 +199,7 @@ def test_dask_grid_matches_sequential_training_and_shares_the_threads_cache(
                 assert got == pytest.approx(expected, abs=ACCURACY_TOLERANCE), name
 
 
+@pytest.mark.slow
 @with_prefect_api
 def test_dask_workers_read_the_data_once_and_run_tensorflow_with_their_share_of_cores(
         mnist_file, tmp_path, capsys):
