@@ -18,6 +18,7 @@ Two things every worker process gets, whatever the runner:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from typing import NamedTuple, get_args
 
@@ -93,11 +94,71 @@ class _SharesPrefectAPI:
             self._api_settings.close()
 
 
+#: Seconds a process pool's shutdown waits for its workers to exit before it terminates the
+#: ones still alive. Idle workers exit within about a second of the shutdown; one that does
+#: not is stuck (see :func:`shutdown_pool`).
+POOL_SHUTDOWN_GRACE = 5.0
+
+
+def shutdown_pool(executor, grace: float = POOL_SHUTDOWN_GRACE) -> list[int]:
+    """Shut the ProcessPoolExecutor ``executor`` down (work not started is cancelled) and wait
+    at most ``grace`` seconds for its workers to exit; terminate those still alive (SIGTERM,
+    SIGKILL 2 s later). Returns the pids terminated.
+
+    Python's own ``shutdown(wait=True)`` can wait for ever: once it has begun, the executor no
+    longer watches for dead workers, and a worker killed while it held the call queue's read
+    lock (an idle worker holds it while it waits for work) leaves the others blocked on that
+    lock, never reading the sentinels that tell them to exit (issue 31: 1 hang in 11 runs with
+    a worker killed as the run ended).
+    """
+    manager = getattr(executor, "_executor_manager_thread", None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    if manager is None:  # no worker was ever started
+        return []
+    manager.join(grace)
+    if not manager.is_alive():
+        return []
+    try:
+        stuck = [p for p in list(getattr(manager, "processes", {}).values()) if p.is_alive()]
+    except RuntimeError:  # pragma: no cover (the dict changed while it was read)
+        stuck = []
+    for process in stuck:
+        process.terminate()
+    manager.join(2.0)
+    for process in stuck:
+        if process.is_alive():
+            process.kill()
+    manager.join(5.0)
+    logger = logging.getLogger(__name__)
+    logger.warning("process pool: %d worker(s) still alive %.0f s after the pool's shutdown "
+                   "began were terminated (pids %s)", len(stuck), grace,
+                   ", ".join(str(p.pid) for p in stuck))
+    if manager.is_alive():  # pragma: no cover (nothing left for it to wait for)
+        logger.warning("process pool: its manager thread did not end")
+    return [p.pid for p in stuck]
+
+
 def _process_pool_runner_class():
     from prefect.task_runners import ProcessPoolTaskRunner
 
     class ProcessRunner(_SharesPrefectAPI, ProcessPoolTaskRunner):
-        """ProcessPoolTaskRunner whose workers use the parent's Prefect API."""
+        """ProcessPoolTaskRunner whose workers use the parent's Prefect API, and whose
+        shutdown is bounded: a worker lost at any moment, the shutdown included, never hangs
+        the run (:func:`shutdown_pool`)."""
+
+        def cancel_all(self) -> None:
+            executor, self._executor = self._executor, None
+            # the parent puts only the stop sentinel on the workers' message queue; a worker
+            # killed while it wrote a log record there holds the queue's write lock for
+            # ever, and joining the parent's feeder thread (now, or at exit) would wait on it
+            queue = self._subprocess_message_queue
+            if queue is not None:
+                queue.cancel_join_thread()
+            try:
+                if executor is not None:
+                    shutdown_pool(executor)
+            finally:
+                super().cancel_all()
 
     return ProcessRunner
 
