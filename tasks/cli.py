@@ -59,7 +59,19 @@ def flow_main(flow, description: str, argv: list[str] | None = None,
         check(kwargs)
     check_inputs(kwargs)
     with project_prefect_settings():
+        end_temporary_server_with_command()
         return flow(**kwargs)
+
+
+def end_temporary_server_with_command() -> None:
+    """Where Prefect will start a temporary server for this command (no ``PREFECT_API_URL``),
+    make it end with the command even after ``kill -9`` (:mod:`tasks.prefect_server`)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from tasks.prefect_server import install
+
+        install()
 
 
 #: Prefect settings every command of the project runs with, from any working directory
