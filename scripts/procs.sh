@@ -2,7 +2,20 @@
 # Process helpers shared by up.sh, team-up.sh and down.sh: pid files, and stopping a process
 # group with every descendant. Set RUN (the pid file folder) before calling.
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PID [COMMAND]: PID is a live process, not a zombie (a process killed a moment ago
+# stays one until its new parent, often PID 1, reaps it, and `kill -0` still succeeds on
+# it), and, if COMMAND is given, its command line contains COMMAND (a pid file older than a
+# reboot may name an unrelated process)
+alive() {
+  local pid=$1 state
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ] || return 1
+  [ -z "${2:-}" ] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
+# running PIDFILE [COMMAND]: the process of that pid file is alive (see alive)
+running() { [ -f "$1" ] && alive "$(cat "$1")" "${2:-}"; }
 
 descendants() {  # every process below $1, children first listed after their parent
   local child
@@ -19,7 +32,7 @@ stop() {
     return
   fi
   pid=$(cat "$pidfile")
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! alive "$pid"; then
     echo "$name: not running (stale pid $pid)"
     rm -f "$pidfile"
     return

@@ -17,9 +17,22 @@
 #   MNIST_TEAM_SERVER_TIMEOUT  seconds to wait for the Prefect server (default 180)
 # The generated secret (PostgreSQL's and Redis' password) is $MNIST_TEAM_DIR/secret, mode
 # 0600; the client environment, $MNIST_TEAM_DIR/team.env, mode 0600.
+# team-up.sh records the settings it started the stack with in $MNIST_TEAM_DIR/settings.env:
+# a later `up.sh --team` or `down.sh --team` given only MNIST_TEAM_DIR (or nothing: the default
+# folder) uses the same ports and address; a variable set in the environment still wins.
 _mnist_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export MNIST_ROOT="$_mnist_root"
 export MNIST_TEAM_DIR="${MNIST_TEAM_DIR:-${MNIST_LOCAL_DIR:-$_mnist_root/.prefect-local}/team}"
+TEAM_RECORDED=(MNIST_TEAM_HOST MNIST_TEAM_ALLOW MNIST_TEAM_PG_PORT MNIST_TEAM_REDIS_PORT
+  MNIST_TEAM_PREFECT_PORT MNIST_TEAM_DASK_PORT MNIST_TEAM_DASK_WORKERS MNIST_TEAM_WORKER_LIMIT)
+if [ -f "$MNIST_TEAM_DIR/settings.env" ]; then
+  while IFS='=' read -r _name _value; do
+    for _known in "${TEAM_RECORDED[@]}"; do
+      if [ "$_name" = "$_known" ] && [ -z "${!_name:-}" ]; then export "$_name=$_value"; fi
+    done
+  done <"$MNIST_TEAM_DIR/settings.env"
+  unset _name _value _known
+fi
 export MNIST_TEAM_HOST="${MNIST_TEAM_HOST:-127.0.0.1}"
 export MNIST_TEAM_PG_PORT="${MNIST_TEAM_PG_PORT:-5433}"
 export MNIST_TEAM_REDIS_PORT="${MNIST_TEAM_REDIS_PORT:-6380}"

@@ -2,7 +2,8 @@
 # The team's stack on this machine (`scripts/up.sh --team` runs this), in order:
 #   1. PostgreSQL (its own cluster in $MNIST_TEAM_DIR/postgres, run as the `postgres` system
 #      user when started as root; in that user's home where it cannot reach $MNIST_TEAM_DIR), with a database `prefect` and a database `optuna`;
-#   2. Redis (password required, nothing saved to disk): the trial locks across machines;
+#   2. Redis (password required; its leases kept in an append-only file): the trial locks
+#      across machines;
 #   3. the Prefect server on PostgreSQL;
 #   4. a Dask scheduler and $MNIST_TEAM_DASK_WORKERS Dask worker processes (`--nworkers 1
 #      --nthreads 1` each), each with its own working directory and PREFECT_HOME, as separate
@@ -29,6 +30,8 @@ mkdir -p "$MNIST_TEAM_DIR"  # with the usual umask: its parents stay reachable b
 chmod 755 "$MNIST_TEAM_DIR"  # PostgreSQL's user must reach its folder; the files stay 0600
 umask 077
 mkdir -p "$RUN" "$TEAM_LOGS" "$TEAM_SHARED/prefect-storage" "$TEAM_SHARED/data"
+# the settings this stack runs with, for the next up.sh / down.sh (scripts/team-env.sh)
+for name in "${TEAM_RECORDED[@]}"; do echo "$name=${!name:-}"; done >"$MNIST_TEAM_DIR/settings.env"
 
 fail() { echo "team: $*" >&2; exit 1; }
 
@@ -93,14 +96,27 @@ if [ -n "${MNIST_TEAM_ALLOW:-}" ] &&
   as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" reload >/dev/null 2>&1 || true
   echo "postgres: connections from $MNIST_TEAM_ALLOW allowed (with the password)"
 fi
-if as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" status >/dev/null 2>&1; then
+postmaster() { as_pg head -1 "$TEAM_PGDATA/postmaster.pid" 2>/dev/null || true; }
+pg_start() {
+  # no Unix socket: TCP on $H only, a password for every connection (scram-sha-256)
+  as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" -l "$TEAM_PGLOG" -w -t 60 start \
+    -o "-c listen_addresses=$H -p $MNIST_TEAM_PG_PORT -c unix_socket_directories=''" \
+    >/dev/null 2>>"$TEAM_LOGS/pg_ctl.log"
+}
+if alive "$(postmaster)" postgres; then
   echo "postgres: already running"
 else
+  # a postmaster that died a moment ago: PostgreSQL refuses to start while its pid file names
+  # a process that still exists (a zombie not yet reaped), so wait for that one to go
+  old="$(postmaster)"
+  for _ in $(seq 150); do
+    [ -n "$old" ] && [ -e "/proc/$old" ] || break
+    sleep 0.2
+  done
   echo "postgres: starting on $H:$MNIST_TEAM_PG_PORT"
-  # no Unix socket: TCP on $H only, a password for every connection (scram-sha-256)
-  if ! as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" -l "$TEAM_PGLOG" -w -t 60 start \
-      -o "-c listen_addresses=$H -p $MNIST_TEAM_PG_PORT -c unix_socket_directories=''" \
-      >/dev/null; then
+  # once more after a few seconds: the killed postmaster's backends may still hold its memory
+  if ! pg_start && ! { sleep 5; pg_start; }; then
+    tail -5 "$TEAM_LOGS/pg_ctl.log" >&2 || true
     tail -20 "$TEAM_PGLOG" >&2 || true
     fail "PostgreSQL did not start (log: $TEAM_PGLOG)"
   fi
@@ -118,6 +134,9 @@ done
 echo "postgres: up (databases prefect, optuna)"
 
 # 2. Redis ----------------------------------------------------------------------------------
+# The leases are kept in an append-only file, written to disk every second: a restarted Redis
+# (an upgrade, a crash) comes back with the leases it held (tasks/trial/locks.py; what a
+# lost one costs: docs/team.md). No snapshots.
 mkdir -p "$MNIST_TEAM_DIR/redis"
 cat >"$MNIST_TEAM_DIR/redis/redis.conf" <<CONF
 # written by scripts/team-up.sh (mode 0600: it holds the password)
@@ -127,11 +146,12 @@ protected-mode yes
 requirepass $SECRET
 dir $MNIST_TEAM_DIR/redis
 save ""
-appendonly no
+appendonly yes
+appendfsync everysec
 daemonize no
 CONF
 chmod 600 "$MNIST_TEAM_DIR/redis/redis.conf"
-if running "$RUN/redis.pid"; then
+if running "$RUN/redis.pid" redis-server; then
   echo "redis: already running (pid $(cat "$RUN/redis.pid"))"
 else
   nohup redis-server "$MNIST_TEAM_DIR/redis/redis.conf" >"$TEAM_LOGS/redis.log" 2>&1 </dev/null &
@@ -160,6 +180,15 @@ export PREFECT_API_AUTH_STRING=$TEAM_PG_USER:$SECRET
 # a run outlives a server restart: its client retries a lost connection 7 times, after 2, 4,
 # ... 128 s (about 4 minutes in all; Prefect's default, 5, gives up after about one)
 export PREFECT_CLIENT_MAX_RETRIES=7
+# no server version check: Prefect makes it with a new client, which gives up at once on a
+# refused connection (a client retries one only once it has connected): a Dask worker
+# restarted while the server was away failed its first trial with "RuntimeError: Failed to
+# reach API", and that ended the run. The stack's machines run one Prefect (docs/team.md).
+export PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED=false
+# Prefect's internal errors (an event it could not send while the server was away) go where
+# other records go, a command's log file, instead of straight to the terminal
+export PREFECT_LOGGING_LOGGERS_PREFECT_INTERNAL_PROPAGATE=true
+export PREFECT_LOGGING_HANDLERS_DEBUG_LEVEL=CRITICAL
 export PREFECT_RESULTS_LOCAL_STORAGE_PATH=$TEAM_SHARED/prefect-storage
 export PIPELINE_DATA_DIR=$TEAM_SHARED/data
 export PIPELINE_LOCKS=redis://:$SECRET@$H:$MNIST_TEAM_REDIS_PORT/0
@@ -180,7 +209,7 @@ optuna.storages.RDBStorage(sys.argv[1])" "$PIPELINE_OPTUNA_STORAGE" \
 touch "$RUN/optuna-schema"
 
 # 3. the Prefect server on PostgreSQL -------------------------------------------------------
-if running "$RUN/server.pid"; then
+if running "$RUN/server.pid" prefect; then
   echo "server: already running (pid $(cat "$RUN/server.pid"))"
 else
   echo "server: starting on $PREFECT_UI_URL (database: PostgreSQL, prefect)"
@@ -199,7 +228,7 @@ fi
 echo "server: up"
 
 # 4. Dask: the scheduler and the worker "machines" ------------------------------------------
-if running "$RUN/dask-scheduler.pid"; then
+if running "$RUN/dask-scheduler.pid" dask; then
   echo "dask scheduler: already running (pid $(cat "$RUN/dask-scheduler.pid"))"
 else
   nohup dask scheduler --host "$H" --port "$MNIST_TEAM_DASK_PORT" \
@@ -210,7 +239,7 @@ else
 fi
 for i in $(seq "$MNIST_TEAM_DASK_WORKERS"); do
   name="dask-worker-$i"
-  if running "$RUN/$name.pid"; then
+  if running "$RUN/$name.pid" dask; then
     echo "$name: already running (pid $(cat "$RUN/$name.pid"))"
     continue
   fi
@@ -219,7 +248,8 @@ for i in $(seq "$MNIST_TEAM_DASK_WORKERS"); do
   (cd "$machine" && PREFECT_HOME="$machine/prefect-home" TF_NUM_INTRAOP_THREADS=1 \
     TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" \
     exec nohup dask worker "$DASK_ADDRESS" --nworkers 1 --nthreads 1 --name "team-$name" \
-    --host "$H" --no-dashboard --local-directory "$machine/work" \
+    --host "$H" --no-dashboard --dashboard-address "$H:0" \
+    --local-directory "$machine/work" \
     >"$TEAM_LOGS/$name.log" 2>&1 </dev/null) &
   echo $! >"$RUN/$name.pid"
   echo "$name: started (pid $!, folder $machine)"
@@ -247,9 +277,11 @@ else
   prefect work-pool create "$MNIST_WORK_POOL" --type process >/dev/null
   echo "work pool: $MNIST_WORK_POOL created (type process)"
 fi
-# deployed again only when prefect.yaml or the code behind the flows' parameters changed
-# (a restart of the stack does not wait for `prefect deploy`)
-sources="$(cat prefect.yaml flows/*.py tasks/*.py | sha256sum | cut -c1-16)"
+# deployed again only when prefect.yaml or the code behind the flows' parameters changed (a
+# restart of the stack does not wait for `prefect deploy`): every file a flow parameter's model
+# may live in, tasks/ and its sub-packages included, with its name
+sources="$(find flows tasks -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort |
+  { echo prefect.yaml; cat; } | xargs sha256sum | sha256sum | cut -c1-16)"
 if [ "$(cat "$RUN/deployed" 2>/dev/null)" = "$sources" ] &&
     prefect deployment inspect 'grid-search/mnist' >/dev/null 2>&1; then
   echo "deployments: up to date"
@@ -261,7 +293,7 @@ else
   echo "$sources" >"$RUN/deployed"
   echo "deployments: $(grep -c "^- name:" prefect.yaml) deployed (log: $TEAM_LOGS/deploy.log)"
 fi
-if running "$RUN/worker.pid"; then
+if running "$RUN/worker.pid" prefect; then
   echo "worker: already running (pid $(cat "$RUN/worker.pid"))"
 else
   mkdir -p "$MNIST_TEAM_DIR/worker-home"

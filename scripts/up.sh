@@ -27,10 +27,11 @@ LOGS="$MNIST_LOCAL_DIR/logs"
 RUN="$MNIST_LOCAL_DIR/run"
 mkdir -p "$PREFECT_HOME" "$LOGS" "$RUN"
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=scripts/procs.sh
+source "$MNIST_ROOT/scripts/procs.sh"  # running: a pid file's process is alive, not a zombie
 
 # 1. the server ---------------------------------------------------------------------------
-if running "$RUN/server.pid"; then
+if running "$RUN/server.pid" prefect; then
   echo "server: already running (pid $(cat "$RUN/server.pid"))"
 else
   echo "server: starting on $PREFECT_UI_URL (PREFECT_HOME=$PREFECT_HOME)"
@@ -63,7 +64,7 @@ fi
 prefect deployment ls
 
 # 4. the worker ---------------------------------------------------------------------------
-if running "$RUN/worker.pid"; then
+if running "$RUN/worker.pid" prefect; then
   echo "worker: already running (pid $(cat "$RUN/worker.pid"))"
 else
   [ -n "${MNIST_PATH:-}" ] || echo "worker: note: MNIST_PATH is not set; runs without a" \
