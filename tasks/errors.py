@@ -49,3 +49,9 @@ class ReportError(RuntimeError):
 class TrialsFailed(RuntimeError):
     """More trials failed (after their retries) than the run tolerates. Raised after the
     report is written, so the run ends Failed with its results on disk."""
+
+
+class ServiceOutage(RuntimeError):
+    """A shared service (the team stack's lock service) stayed away longer than the run waits
+    for it. The trial that met it fails, and the search loop ends the run with it: one line;
+    finished trials are in the cache, so rerunning the same command resumes."""

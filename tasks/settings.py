@@ -68,6 +68,16 @@ class Settings(BaseModel):
     tf_logs: bool = Field(
         False, json_schema_extra={"env": "PIPELINE_TF_LOGS"},
         description="1: show TensorFlow's own logs (what -v/--verbose sets)")
+    lock_lease: float = Field(
+        30.0, ge=1, json_schema_extra={"env": "PIPELINE_LOCK_LEASE"},
+        description="seconds a Redis trial lock outlives its holder's last renewal (renewed "
+                    "every third of that): how long a key whose holder was killed or stalled "
+                    "stays blocked; a run's value travels with its trials to the workers")
+    lock_outage: float = Field(
+        120.0, ge=0, json_schema_extra={"env": "PIPELINE_LOCK_OUTAGE"},
+        description="seconds the trials wait, retrying with backoff, for the locks' Redis to "
+                    "answer again (a restart) before the run stops with one line (a rerun "
+                    "resumes); a run's value travels with its trials to the workers")
 
     @field_validator("faults", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from tasks.config import TrialConfig
 from tasks.console import say
 from tasks.data.mnist import DataHandle
+from tasks.errors import ServiceOutage
 from tasks.run_options import FanOut, RunOptions
 from tasks.search.spending import Spending, Verdict, minutes_text
 from tasks.trial.faults import TRIAL_RETRIES, is_worker_loss
@@ -310,6 +311,8 @@ def collect(future, config: TrialConfig, data: DataHandle, backend: str) -> Tria
         result = future.result()
         return result.model_copy(update={"cached": state.name == "Cached"})
     error = future.result(raise_on_failure=False)
+    if isinstance(error, ServiceOutage):
+        raise error  # a shared service away past its bound: the run ends in one line
     if not isinstance(error, BaseException):
         error = state.message or "failed"
     # the whole story for the log file and the UI; the terminal gets the trial's one line

@@ -29,7 +29,7 @@ from tasks.trial.faults import (
     retry_only_transient,
 )
 from tasks.trial.latency import measure_weights
-from tasks.trial.locks import TrialLockManager
+from tasks.trial.locks import TrialLockManager, ensure_lease, stop_if_lease_lost
 from tasks.trial.pruning import (
     TrialLink,
     epoch_reporter,
@@ -82,7 +82,8 @@ def train_trial(
     final_path = weights_path_for(key, data_dir)
     if link is not None and link.pruner != "none":
         return train_prunable(config, data, backend, key, final_path, link, attempt)
-    on_epoch = None if link is None else epoch_reporter(link, config.epochs)
+    # a trial whose lease another run took (team stack) stops at its next epoch
+    on_epoch = stop_if_lease_lost(None if link is None else epoch_reporter(link, config.epochs))
     outcome = train_model(
         config,
         load_splits(data),
@@ -151,7 +152,8 @@ def train_prunable(config: TrialConfig, data: DataHandle, backend: str, key: str
                                  attempt)
     scratch = final_path.with_name("prunable" + WEIGHTS_SUFFIX)
     outcome = train_model(config, load_splits(data), backend=backend, weights_path=scratch,
-                          on_epoch=epoch_reporter(link, config.epochs, known, trial))
+                          on_epoch=stop_if_lease_lost(
+                              epoch_reporter(link, config.epochs, known, trial)))
     if len(outcome.history) == config.epochs:  # not pruned: an ordinary finished trial
         os.replace(scratch, final_path)
         outcome.weights_path = str(final_path)
@@ -190,6 +192,7 @@ def train_trial_task(
 
     result = train_trial(config, data, backend, data_dir, attempt=task_run.run_count or 1,
                          link=link)
+    ensure_lease()  # Redis leases: still this attempt's, or it stops (tasks.trial.locks)
     if result.status == "pruned":
         # not the trial's result: a later request for this config must train it fully
         transaction = get_transaction()
