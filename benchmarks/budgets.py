@@ -137,7 +137,7 @@ def main() -> None:
 
     from tasks.cli import project_prefect_settings, quiet_logs
     from tasks.config import SplitSpec
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
     from tasks.search.budget import completed_pool, expected_best_by_budget
     from tasks.search.workers import available_cores
     from tasks.trial.result import TrialResult  # noqa: F401 (the pool's type)

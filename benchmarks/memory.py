@@ -27,7 +27,7 @@ data fingerprint, trial keys, metrics and saved weights must be bit-identical.
 
 How a way is chosen: the command runs as ``python benchmarks/memory.py --as-grid ...``, which
 reads ``MEMORY_BENCH_SPLITS`` (set by this benchmark only) and, for ``copied``, makes
-:func:`tasks.data.mnist.read_split` copy (its ``copy`` parameter) before calling the grid's
+:func:`tasks.data.splits.read_split` copy (its ``copy`` parameter) before calling the grid's
 ``main``. Worker processes are started with ``spawn`` and import this script as their main
 module, so they read the same variable and get the same reader.
 """
@@ -60,7 +60,7 @@ def use_splits(way: str) -> None:
     if way not in WAYS:
         raise SystemExit(f"{SWITCH}={way!r}: allowed {', '.join(WAYS)}")
     if way == "copied":
-        import tasks.data.mnist as mnist
+        import tasks.data.splits as mnist
 
         if not isinstance(mnist.read_split, functools.partial):
             mnist.read_split = functools.partial(mnist.read_split, copy=True)

@@ -45,7 +45,7 @@ def _init(handle) -> None:
     global _SPLITS
     import optuna
 
-    from tasks.data.mnist import load_splits
+    from tasks.data.splits import load_splits
     from tasks.search.workers import init_worker
 
     init_worker(1)
@@ -133,7 +133,7 @@ def main() -> None:
 
     import optuna
 
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
     from tasks.search.workers import available_cores
 
     handle, _ = prepare_data(args.data, SplitSpec(train_samples=args.train_samples))

@@ -122,7 +122,8 @@ def main() -> None:
         shapes.append((units, batch))
 
     from tasks.config import SplitSpec
-    from tasks.data.mnist import load_splits, prepare_data
+    from tasks.data.prepare import prepare_data
+    from tasks.data.splits import load_splits
     from tasks.engine.tf_runtime import tensorflow
     from tasks.search.workers import init_worker
 

@@ -52,7 +52,7 @@ def time_trial(config: TrialConfig, splits) -> dict[str, float]:
 
 
 def _worker(handle, queue, results, threads: int) -> None:
-    from tasks.data.mnist import load_splits
+    from tasks.data.splits import load_splits
     from tasks.search.workers import init_worker
 
     init_worker(threads)
@@ -95,7 +95,7 @@ def run_workers(handle, configs: list[TrialConfig], workers: int) -> tuple[float
 
 
 def _levers_worker(handle, configs, results) -> None:
-    from tasks.data.mnist import load_splits
+    from tasks.data.splits import load_splits
     from tasks.engine import backend_compiled
     from tasks.search.workers import init_worker
 
@@ -154,7 +154,8 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the steady epoch time needs two epochs)")
 
-    from tasks.data.mnist import load_splits, prepare_data
+    from tasks.data.prepare import prepare_data
+    from tasks.data.splits import load_splits
     from tasks.search.workers import available_cores
 
     handle, _ = prepare_data(args.data, SplitSpec())

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import SplitSpec, TrialConfig  # noqa: E402
-from tasks.data.mnist import load_splits, prepare_data  # noqa: E402
+from tasks.data.prepare import prepare_data  # noqa: E402
+from tasks.data.splits import load_splits
 from tasks.engine.train import release_tensorflow_memory, train_model  # noqa: E402
 from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE  # noqa: E402
 

@@ -35,7 +35,7 @@ def grid_search(
     ``epochs``, when given, replaces ``space.epochs``."""
     started = time.perf_counter()
     space = with_epochs(space, epochs)
-    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     results = run_trials(grid_proposer(space, data), data, run, fan_out)
     report = write_grid_report_task(results, space, run.reports_dir,
                                     time.perf_counter() - started, run.optuna_storage())

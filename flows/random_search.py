@@ -65,7 +65,7 @@ def random_search(
     the best-of-N ``study``; returns the report folder. ``epochs``, when given, replaces
     ``space.epochs``."""
     space = with_epochs(space, epochs)
-    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     spending = make_spending(budget, data, run.backend)
     if study is None:
         count = plain_trials(trials, budget, space)

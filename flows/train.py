@@ -35,7 +35,7 @@ def baseline(
     """Train the baseline network and write its full report; returns the report folder.
     ``epochs``, when given, replaces ``config.epochs``."""
     config = with_epochs(config, epochs)
-    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     [result] = run_trials(ListProposer([config], data, "baseline", "Baseline"), data, run,
                           ONE_THREAD)
     if result.status == "completed" and not weights_exist(result):

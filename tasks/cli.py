@@ -23,8 +23,9 @@ __all__ = ["flow_main", "run_cli", "say"]  # say: the flows' one import for term
 def check_inputs(kwargs: dict) -> None:
     """Fail fast, before Prefect or TensorFlow start: an existing Dask cluster needs a real
     Prefect server, the training subset must fit, the reports directory must be writable and
-    the data file must be MNIST (read and validated). Bounds are the models' own."""
-    from tasks.data.mnist import check_mnist_file
+    the data must be readable and valid (read, validated and split, nothing written). Bounds
+    are the models' own."""
+    from tasks.data.prepare import check_data
     from tasks.files import check_writable_dir
     from tasks.run_options import FanOut, RunOptions
     from tasks.settings import current
@@ -34,8 +35,8 @@ def check_inputs(kwargs: dict) -> None:
         from tasks.search.runners import check_api_for_cluster
 
         check_api_for_cluster(fan_out.dask_address)
+    check_data(run.data, run.split(), run.label)
     check_writable_dir(run.reports_dir or current().reports_dir)
-    check_mnist_file(run.data, run.split())
 
 
 def flow_main(flow, description: str, argv: list[str] | None = None,

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, SplitSpec
+from tasks.config import Backend, NonNegativeInt, PositiveInt, Seed, SplitSpec, make_split
 from tasks.durations import check_budget
 from tasks.errors import UserError
 from tasks.settings import storage_url
@@ -52,12 +52,27 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data: str | None = Field(
-        None, json_schema_extra=_DATA | {"metavar": "PATH"},
-        description="Keras-format mnist.npz (default: $MNIST_PATH, else Keras' "
+        None, json_schema_extra=_DATA | {"metavar": "PATH|NAME"},
+        description="the data: a Keras-layout .npz, a folder of IDX files, a folder of "
+                    "images with one subfolder per class, a Parquet table, or a name: mnist, "
+                    "fashion-mnist (default: MNIST from $MNIST_PATH, else Keras' "
                     "cache/download)")
+    label: str = Field(
+        "label", json_schema_extra=_DATA | {"metavar": "COLUMN"},
+        description="a Parquet table's label column")
     train_samples: PositiveInt | None = Field(
         None, json_schema_extra=_DATA, description="use only the first N training images "
                                                    "(quick runs)")
+    test_size: Annotated[float, Field(gt=0)] | None = Field(
+        None, json_schema_extra=_DATA | {"metavar": "N|FRACTION"},
+        description="the test split: a count or a fraction of the data's test part (default "
+                    "0.8: MNIST's first 8000 test images; the rest is validation); for data "
+                    "without a test part (image folders, tables), of all rows (default 0.2)")
+    validation_size: Annotated[float, Field(gt=0)] | None = Field(
+        None, json_schema_extra=_DATA | {"metavar": "N|FRACTION"},
+        description="for data without a test part: the validation split, a count or a "
+                    "fraction of all rows (default 0.1; a table's split column overrides "
+                    "both)")
     reports_dir: str | None = Field(
         None, json_schema_extra=_DATA | {"metavar": "DIR"},
         description="where the run folder is written (default: ./reports or "
@@ -73,7 +88,7 @@ class RunOptions(BaseModel):
 
     def split(self) -> SplitSpec:
         """The data split these options ask for."""
-        return SplitSpec(train_samples=self.train_samples)
+        return make_split(self.train_samples, self.test_size, self.validation_size)
 
     def optuna_storage(self, storage: str | None = None) -> str:
         """The Optuna storage of this run: ``storage``, else ``$PIPELINE_OPTUNA_STORAGE``,

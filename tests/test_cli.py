@@ -72,7 +72,8 @@ def test_data_problems(tmp_path, capsys, reports, mnist_file):
     arrays = synthetic_mnist(n_train=50, n_test=9000)
     arrays["y_test"][3] = 11
     labels = write_npz(tmp_path / "labels.npz", arrays)
-    assert "labels range 0..11" in fails(train.main, ["--data", str(labels)], capsys, reports)
+    assert "class(es) '11' absent from the training split" in fails(
+        train.main, ["--data", str(labels)], capsys, reports)
     err = fails(train.main, ["--data", str(mnist_file), "--train-samples", "601"], capsys,
                 reports)
     assert "train_samples=601: larger than the 600 training images" in err

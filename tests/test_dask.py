@@ -15,7 +15,7 @@ from conftest import PROJECT_ROOT
 
 from flows.grid import grid_search
 from tasks.config import SplitSpec, trial_key
-from tasks.data.mnist import prepare_data
+from tasks.data.prepare import prepare_data
 from tasks.run_options import FanOut, RunOptions
 from tasks.search.runners import make_task_runner
 from tasks.search.space import expand_grid, make_space
@@ -204,22 +204,22 @@ def test_dask_grid_matches_sequential_training_and_shares_the_threads_cache(
 def test_dask_workers_read_the_data_once_and_run_tensorflow_with_their_share_of_cores(
         mnist_file, tmp_path, capsys):
     def count_data_reads():  # runs on each worker: wrap the disk read of load_splits
-        import tasks.data.mnist
+        import tasks.data.splits
 
-        if not hasattr(tasks.data.mnist, "reads_by_test"):
-            tasks.data.mnist.reads_by_test = []
-            read_split = tasks.data.mnist.read_split
+        if not hasattr(tasks.data.splits, "reads_by_test"):
+            tasks.data.splits.reads_by_test = []
+            read_split = tasks.data.splits.read_split
 
             def counted(path):
-                tasks.data.mnist.reads_by_test.append(str(path))
+                tasks.data.splits.reads_by_test.append(str(path))
                 return read_split(path)
 
-            tasks.data.mnist.read_split = counted
+            tasks.data.splits.read_split = counted
 
     def data_reads():
-        import tasks.data.mnist
+        import tasks.data.splits
 
-        return len(tasks.data.mnist.reads_by_test)
+        return len(tasks.data.splits.reads_by_test)
 
     # A local cluster as make_task_runner builds it, used by the grid through its address.
     with make_task_runner("dask", workers=2) as cluster:

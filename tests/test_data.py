@@ -1,4 +1,5 @@
-"""Data loading, validation, splitting, processed files and their reuse."""
+"""MNIST in Keras' layout: loading, validation, splitting, processed files and their reuse
+(the other formats: tests/test_own_data.py)."""
 
 import os
 from pathlib import Path
@@ -8,19 +9,19 @@ import pytest
 from conftest import synthetic_mnist, write_npz
 
 from tasks.config import SplitSpec
-from tasks.data.mnist import (
-    check_mnist_file,
-    load_splits,
-    prepare_data,
-    read_split,
-    split_arrays,
-    validate_mnist,
-)
+from tasks.data.prepare import check_data, in_memory, prepare, prepare_data
+from tasks.data.readers import RawData
+from tasks.data.splits import load_splits, read_split
 from tasks.errors import DataError
 
 
+def check_arrays(arrays: dict, source: str = "mnist.npz", split: SplitSpec | None = None):
+    return prepare(RawData(**arrays, source=source), split or SplitSpec())
+
+
 def test_good_data_validates():
-    validate_mnist(synthetic_mnist())
+    prepared = check_arrays(synthetic_mnist())
+    assert prepared.class_names == tuple(map(str, range(10))) and prepared.scaling == "pixels"
 
 
 def bad(**changes):
@@ -36,53 +37,75 @@ def bad(**changes):
 @pytest.mark.parametrize(
     "arrays, words",
     [
-        (bad(x_train=lambda x: x.reshape(50, 784)), "x_train has shape (50, 784)"),
+        (bad(x_train=lambda x: x.reshape(50, 784)),
+         "x_test has shape (30, 28, 28) but x_train has shape (50, 784)"),
         (bad(x_test=lambda x: x[:, :27, :]), "x_test has shape (30, 27, 28)"),
         (bad(y_train=lambda y: y[:10]), "y_train has shape (10,)"),
-        (bad(x_train=lambda x: x.astype(np.float32) * np.nan), "NaN"),
-        (bad(x_train=lambda x: x.astype(np.float32) + 300), "pixels range"),
-        (bad(y_test=lambda y: (y + 5).astype(np.int64)), "labels range"),
-        (bad(y_train=lambda y: y.astype(np.float32)), "expected integer labels"),
+        (bad(x_train=lambda x: x.astype(np.float32) * np.nan), "NaN or infinite"),
+        (bad(x_train=lambda x: x.astype(np.float32) + np.inf), "NaN or infinite"),
+        (bad(y_test=lambda y: (y + 10).astype(np.int64)), "absent from the training split"),
+        (bad(y_train=lambda y: y.astype(np.float32)), "expected integer or string labels"),
         (bad(x_train=lambda x: x.astype(str)), "dtype"),
+        (bad(y_train=lambda y: np.zeros_like(y), y_test=lambda y: np.zeros_like(y)),
+         "only one class (0)"),
     ],
 )
 def test_bad_arrays_are_rejected_with_a_clear_message(arrays, words):
     with pytest.raises(DataError) as info:
-        validate_mnist(arrays, "mnist.npz")
+        check_arrays(arrays)
     assert words in str(info.value)
     assert str(info.value).startswith("mnist.npz: ")
+
+
+def test_what_was_refused_before_is_data_now():
+    """Another image shape, float pixels beyond 255 (standardized), labels beyond 9."""
+    other_shape = {"x_train": np.zeros((40, 12, 10, 3), np.uint8),
+                   "y_train": np.arange(40) % 4, "x_test": np.ones((10, 12, 10, 3), np.uint8),
+                   "y_test": np.arange(10) % 4}
+    other_shape["x_train"][:, 0, 0, 0] = np.arange(40)
+    prepared = check_arrays(other_shape)
+    assert prepared.raw.kind == "image" and prepared.scaling == "pixels"
+    assert in_memory(prepared).x_train.shape == (40, 360) and in_memory(prepared).classes == 4
+    floats = bad(x_train=lambda x: x.astype(np.float32) + 300,
+                 x_test=lambda x: x.astype(np.float32) + 300)
+    assert check_arrays(floats).scaling == "standardize"
+    labels = bad(y_train=lambda y: (y + 10).astype(np.int64),
+                 y_test=lambda y: (y + 10).astype(np.int64))
+    prepared = check_arrays(labels)
+    assert prepared.class_names == tuple(str(v) for v in range(10, 20))  # mapped, in order
+    np.testing.assert_array_equal(in_memory(prepared).y_train, labels["y_train"] - 10)
 
 
 def test_file_problems_name_the_file(tmp_path):
     missing = tmp_path / "nope.npz"
     with pytest.raises(DataError, match="nope.npz: file not found"):
-        check_mnist_file(missing)
+        check_data(missing)
     good = write_npz(tmp_path / "good.npz", synthetic_mnist(n_train=40, n_test=30))
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(DataError, match="truncated.npz: not a readable .npz"):
-        check_mnist_file(truncated)
+        check_data(truncated)
     text = tmp_path / "text.npz"
     text.write_text("hello")
     with pytest.raises(DataError, match="text.npz: not a readable .npz"):
-        check_mnist_file(text)
+        check_data(text)
     renamed = tmp_path / "renamed.npz"
     arrays = synthetic_mnist(n_train=40, n_test=30)
     np.savez(renamed, images=arrays["x_train"], labels=arrays["y_train"])
     with pytest.raises(DataError, match=r"renamed.npz: missing arrays \['x_train'"):
-        check_mnist_file(renamed)
+        check_data(renamed)
 
 
 def test_subset_larger_than_data_is_rejected(mnist_file):
     with pytest.raises(DataError, match="train_samples=601: larger than the 600"):
-        check_mnist_file(mnist_file, SplitSpec(train_samples=601))
+        check_data(mnist_file, SplitSpec(train_samples=601))
     with pytest.raises(DataError, match="test_size=10000"):
-        check_mnist_file(mnist_file, SplitSpec(test_size=10000))
+        check_data(mnist_file, SplitSpec(test_size=10000))
 
 
 def test_split_sizes_values_and_no_overlap():
     arrays = synthetic_mnist(n_train=100, n_test=50)
-    splits = split_arrays(arrays, SplitSpec(train_samples=80, test_size=30))
+    splits = in_memory(check_arrays(arrays, split=SplitSpec(train_samples=80, test_size=30)))
     assert splits.x_train.shape == (80, 784) and splits.x_train.dtype == np.float32
     assert len(splits.x_val) == 20 and len(splits.x_test) == 30
     assert 0.0 <= splits.x_train.min() and splits.x_train.max() <= 1.0
@@ -127,7 +150,8 @@ def test_load_splits_roundtrip(mnist_file, tmp_path):
 
 def test_mnist_path_environment_variable(mnist_file, monkeypatch):
     monkeypatch.setenv("MNIST_PATH", os.fspath(mnist_file))
-    assert check_mnist_file(None) == mnist_file
+    assert check_data(None).raw.source == str(mnist_file)
+    assert check_data("mnist").raw.source == str(mnist_file)  # the name resolves to it
 
 
 def _mapped_ranges(name: str) -> list[tuple[int, int]]:
@@ -168,7 +192,7 @@ def test_training_on_mapped_splits_is_bit_identical_to_copied_ones(mnist_file, t
     """The engine only reads the splits: one trial trained on the mapped (read-only) arrays
     and on private copies gives exactly the same metrics, history and weights."""
     from tasks.config import TrialConfig
-    from tasks.data.mnist import SPLITS, Splits
+    from tasks.data.splits import SPLITS, Splits
     from tasks.engine.backend_compiled import clear_trainers
     from tasks.engine.train import train_model
 

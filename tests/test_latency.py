@@ -14,7 +14,7 @@ import pytest
 from conftest import synthetic_mnist, write_npz
 
 from tasks.config import SplitSpec, TrialConfig
-from tasks.data.mnist import prepare_data
+from tasks.data.prepare import prepare_data
 from tasks.engine.model import save_weights
 from tasks.reports.folder import trials_frame
 from tasks.reports.pareto import write_tradeoffs

@@ -7,19 +7,24 @@ import pandas as pd
 import pytest
 
 from tasks.config import SplitSpec
-from tasks.data.mnist import load_mnist, load_splits, prepare_data, validate_mnist
+from tasks.data.prepare import check_data, prepare_data
+from tasks.data.splits import dataset_info, load_splits
 from tasks.run_options import RunOptions
 
 pytestmark = pytest.mark.real_data
 
 
 def test_real_file_loads_validates_and_splits(real_mnist, tmp_path):
-    arrays = load_mnist(real_mnist)
-    validate_mnist(arrays, str(real_mnist))
-    assert list(arrays["y_train"][:5]) == [5, 0, 4, 1, 9]
-    assert int(arrays["x_train"][0].sum()) == 27525
+    raw = check_data(real_mnist).raw
+    assert list(raw.y_train[:5]) == [5, 0, 4, 1, 9]
+    assert int(raw.x_train[0].sum()) == 27525
+    arrays = {"y_test": raw.y_test}
     handle, _ = prepare_data(real_mnist, SplitSpec(), tmp_path)
     assert (handle.train_size, handle.validation_size, handle.test_size) == (60000, 2000, 8000)
+    # the fingerprint every MNIST trial key of the project was issued with
+    assert handle.fingerprint == "207846362c7bac8d66d8"
+    assert (handle.features, handle.classes) == (784, 10)
+    assert dataset_info(handle).name == "MNIST"  # recognized by its labels
     splits = load_splits(handle)
     assert splits.x_train.mean() == pytest.approx(0.1307, abs=1e-4)
     assert np.array_equal(splits.y_val, arrays["y_test"][8000:])

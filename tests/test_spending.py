@@ -140,7 +140,7 @@ def fake_trial(config, data, backend="compiled", data_dir=None, link=None) -> Tr
 
 @pytest.fixture
 def synthetic_handle(mnist_file):
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
     return handle
@@ -394,7 +394,7 @@ def test_a_config_the_search_already_held_costs_no_budget(synthetic_handle, monk
 
 
 def test_a_tune_asks_an_unseen_config_instead_of_a_trial_its_study_holds(mnist_file):
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
     from tasks.search.optuna_storage import storage_url
     from tasks.search.tune.proposer import TuneProposer
     from tasks.search.tune_space import make_tune_space

@@ -176,7 +176,8 @@ def test_a_huge_space_is_drawn_without_a_permutation_and_keeps_the_prefix():
 def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
     """In a child process: slow writes (so that both runs are inside the rebuild at once),
     then prepare the data and read every split back."""
-    import tasks.data.mnist as data
+    import tasks.data.splits as data
+    from tasks.data.prepare import prepare_data
 
     real_write = data.write_split
 
@@ -187,7 +188,7 @@ def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
     data.write_split = slow_write
     barrier.wait()
     try:
-        handle, reused = data.prepare_data(mnist, None, data_dir)
+        handle, reused = prepare_data(mnist, None, data_dir)
         splits = data.load_splits(handle)
         results.put(("ok", reused, handle.fingerprint, len(splits.x_train)))
     except Exception as exc:  # pragma: no cover (the failure this test guards against)
@@ -195,7 +196,7 @@ def _prepare_after(barrier, mnist: str, data_dir: str, results) -> None:
 
 
 def test_two_runs_rebuilding_damaged_data_do_not_break_each_other(tmp_path):
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
 
     mnist = str(write_npz(tmp_path / "mnist.npz", synthetic_mnist(n_train=300, n_test=10000)))
     handle, _ = prepare_data(mnist, None, tmp_path / "data")

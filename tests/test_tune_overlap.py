@@ -61,7 +61,7 @@ def child_tune(args: dict) -> None:
     """A tune of ``args["trials"]`` with 2 trials in flight; ``hold``: keep the first trial
     asked (write its number and params to ``holding``) until ``release`` appears (never, if
     not given: the test kills the process). Writes what it saw and told to ``out``."""
-    from tasks.data.mnist import DataHandle
+    from tasks.data.splits import DataHandle
     from tasks.search.tune.proposer import TuneProposer
     from tasks.search.tune_space import make_tune_space
 
@@ -130,7 +130,7 @@ def child_open(args: dict) -> None:
 @pytest.fixture
 def handle_file(mnist_file, tmp_path) -> Path:
     from tasks.config import SplitSpec
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
     path = tmp_path / "handle.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tasks.config import TrialConfig, trial_key
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 from tasks.search.best_of_n import StudyPlan, study_configs
 from tasks.search.loop import Ask, Plan
 from tasks.search.space import SearchSpace, expand_grid, sample_configs

@@ -42,7 +42,7 @@ AUTO_PROCESSES_MIN_WORK = 1_000_000
 #: the full MNIST, processes x 2, two runs): a worker's peak USS (Private_Clean + Private_Dirty
 #: from /proc/PID/smaps_rollup) was 780-989 MiB (0.82-1.04 GB; the higher while it alone
 #: mapped the splits), its anonymous memory 780 MiB; rounded up to 1.1 GB. The splits are one
-#: copy in the page cache (0.23 GB) shared by all workers (tasks.data.mnist.read_split).
+#: copy in the page cache (0.23 GB) shared by all workers (tasks.data.splits.read_split).
 WORKER_MEMORY = 1_100_000_000
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.config import TrialConfig, trial_key
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 
 TrialStatus = Literal["completed", "failed", "pruned"]
 

@@ -20,7 +20,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from tasks.config import TrialConfig, trial_key
-from tasks.data.mnist import DataHandle, default_data_dir, load_splits
+from tasks.data.splits import DataHandle, default_data_dir, load_splits
 from tasks.settings import current
 from tasks.trial.faults import (
     TRIAL_RETRIES,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tasks.config import trial_key
 from tasks.console import say
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 from tasks.search.loop import Ask, Plan
 from tasks.search.optuna_storage import (
     IMPORTED_ATTR,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 from tasks.errors import UserError
 from tasks.search.tune.objectives import directions
 from tasks.search.tune_space import TuneSpace
@@ -20,7 +20,7 @@ STARTS_ATTR = "tune_starts"
 def study_identity(space: TuneSpace, data: DataHandle, backend: str) -> dict:
     """What must not change within one study: values are comparable only on the same space,
     epochs, data and backend."""
-    return {"space": space.model_dump(mode="json"), "data": data.fingerprint,
+    return {"space": space.identity(), "data": data.fingerprint,
             "backend": backend}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 from tasks.search.optuna_storage import IMPORTED_ATTR, frozen_trial
 from tasks.search.tune.objectives import objective_values
 from tasks.search.tune_space import TuneSpace

@@ -1,0 +1,350 @@
+"""The user's data as it comes: one small reader per format, each returning the same
+:class:`RawData` (arrays as read, class names where the source has them, an image shape or a
+table's feature names), and a resolver that turns ``--data`` into a reader.
+
+``--data`` takes a path (an existing path wins over a name) or a name:
+
+* a Keras-layout ``.npz`` (``x_train, y_train, x_test, y_test``), images of any shape
+  (``H x W`` or ``H x W x C``) or feature rows, any number of classes;
+* a folder of the original IDX files (``train-images-idx3-ubyte[.gz]`` and its three
+  siblings: MNIST, Fashion-MNIST, KMNIST);
+* a folder of PNG/JPEG images with one subfolder per class (Keras'
+  ``image_dataset_from_directory`` layout);
+* a Parquet table: a label column (``--label``, default ``label``), numeric feature columns,
+  and optionally a ``split`` column (train / validation / test);
+* ``mnist`` or ``fashion-mnist``: the known local copies (nothing is downloaded for a name).
+
+Validation, label encoding, normalization, splitting and the Arrow files are one path for
+all of them (:mod:`tasks.data.prepare`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tasks.errors import DataError
+
+KERAS_LAYOUT = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SPLIT_COLUMN = "split"
+SPLIT_VALUES = ("train", "validation", "test")
+KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+#: Data sets recognized by the sha256 of their training labels (``y_train.tobytes()``), from
+#: whatever file they come: their name and class names for the reports.
+KNOWN_DATASETS = {
+    "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13": ("MNIST", None),
+    "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7":
+        ("Fashion-MNIST", FASHION_MNIST_CLASSES),
+}
+NAMES = ("mnist", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A data set as its file holds it. Formats with a test part (npz, IDX) fill ``x_test`` and
+    ``y_test``; the others hold every row in ``x_train``/``y_train`` and, where the file says
+    which rows go where, ``split`` (train / validation / test per row). Labels are integers
+    or strings (``str_``), as read. ``class_names``: one per class where the source names
+    them (sorted like the labels); ``feature_names``: a table's columns."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    split: np.ndarray | None = None
+    kind: str = "image"
+    feature_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    name: str = ""
+    source: str = ""
+
+    @property
+    def has_test_part(self) -> bool:
+        return self.x_test is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Which file, which reader
+# --------------------------------------------------------------------------------------------
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+
+
+def known_copies(name: str) -> list[Path]:
+    """Where a named data set may already be on this machine, in order of preference."""
+    from tasks.settings import current
+
+    if name == "mnist":
+        given = current().mnist_path
+        return [*([Path(given).expanduser()] if given else []),
+                keras_home() / "datasets" / "mnist.npz"]
+    return [Path("/usr/share/datasets/fashion-mnist"), keras_home() / "datasets" / "fashion-mnist"]
+
+
+def how_to_get(name: str) -> str:
+    if name == "mnist":
+        return ("no local copy of MNIST: pass --data PATH to a Keras-format mnist.npz, set "
+                f"MNIST_PATH to one, or put it at {keras_home() / 'datasets' / 'mnist.npz'}")
+    return ("no local copy of Fashion-MNIST: install it with `apt-get install "
+            "dataset-fashion-mnist` (its IDX files go to /usr/share/datasets/fashion-mnist), or "
+            f"put the four IDX .gz files in {keras_home() / 'datasets' / 'fashion-mnist'}")
+
+
+def resolve_source(data: str | os.PathLike | None = None) -> Path:
+    """The file or folder ``data`` names: an existing path; else a known name's local copy
+    (:data:`NAMES`); with no ``data``, MNIST: ``$MNIST_PATH``, else Keras' cache/download.
+    A path that does not exist and is no name fails in one line."""
+    from tasks.settings import current
+
+    if data is None:
+        given = current().mnist_path
+        return Path(given).expanduser() if given else keras_mnist_download()
+    path = Path(data).expanduser()
+    if path.exists():
+        return path
+    name = str(data).strip().lower().replace("_", "-")
+    if name in NAMES:
+        for candidate in known_copies(name):
+            if _usable(candidate, name):
+                return candidate
+        raise DataError(f"--data {data}: {how_to_get(name)}")
+    if os.sep not in str(data) and not path.suffix:
+        raise DataError(f"{path}: file not found (and not a known name: {', '.join(NAMES)})")
+    raise DataError(f"{path}: file not found")
+
+
+def _usable(path: Path, name: str) -> bool:
+    if name == "mnist":
+        return path.is_file()
+    return path.is_dir() and _idx_file(path, IDX_FILES["x_train"]) is not None
+
+
+def keras_mnist_download() -> Path:
+    """No --data and no MNIST_PATH: Keras' own cached copy, downloaded once where there is a
+    network (the quick start on any machine)."""
+    try:
+        from keras.utils import get_file  # imported lazily: TensorFlow start-up is slow
+    except ImportError as exc:  # pragma: no cover - keras is a dependency
+        raise DataError(
+            f"no MNIST file given (--data or MNIST_PATH) and Keras is unavailable: {exc}"
+        ) from exc
+    try:
+        return Path(get_file("mnist.npz", origin=KERAS_MNIST_URL, file_hash=KERAS_MNIST_SHA256))
+    except Exception as exc:  # network errors come in many types
+        raise DataError(
+            "no MNIST file given and Keras' download failed "
+            f"({type(exc).__name__}); pass --data PATH or set MNIST_PATH to a local mnist.npz"
+        ) from exc
+
+
+def read_source(path: Path, label: str = "label") -> RawData:
+    """Read ``path`` with the reader of its format (by content, not by name)."""
+    if path.is_dir():
+        if _idx_file(path, IDX_FILES["x_train"]) is not None:
+            return recognized(read_idx_folder(path))
+        return read_image_folder(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not a file or folder")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PAR1":
+        return read_parquet(path, label)
+    if path.name.split(".")[0] in IDX_FILES.values():
+        return recognized(read_idx_folder(path.parent))
+    if magic.startswith(b"PK") or path.suffix == ".npz":
+        return recognized(read_npz(path))
+    raise DataError(
+        f"{path}: not a data file this pipeline reads: a Keras-layout .npz, a Parquet table, a "
+        "folder of IDX files, or a folder of images with one subfolder per class")
+
+
+def recognized(raw: RawData) -> RawData:
+    """``raw`` with the name and class names of a known data set (:data:`KNOWN_DATASETS`)."""
+    known = KNOWN_DATASETS.get(hashlib.sha256(np.ascontiguousarray(raw.y_train).tobytes())
+                               .hexdigest())
+    if known is None:
+        return raw
+    name, classes = known
+    return replace(raw, name=name, class_names=classes or raw.class_names)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras-layout npz
+# --------------------------------------------------------------------------------------------
+def read_npz(path: Path) -> RawData:
+    """The four arrays of a Keras-layout ``.npz``; errors name the file and the problem."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in KERAS_LAYOUT if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing arrays {missing}; a Keras-format .npz holds "
+                    f"{list(KERAS_LAYOUT)} (found {sorted(npz.files)})"
+                )
+            arrays = {k: npz[k] for k in KERAS_LAYOUT}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise DataError(
+            f"{path}: not a readable .npz file (truncated or corrupt?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    x = arrays["x_train"]
+    image = x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3, 4))
+    return RawData(**arrays, kind="image" if image else "table", name=path.stem,
+                   source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------------
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, f"{stem}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzipped or not): its array, in the file's own type."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            content = handle.read()
+        if len(content) < 4 or content[:2] != b"\0\0" or content[2] not in _IDX_TYPES:
+            raise ValueError("no IDX header")
+        dims = [int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(content[3])]
+        dtype = np.dtype(_IDX_TYPES[content[2]])
+        start = 4 + 4 * len(dims)
+        if len(content) != start + int(np.prod(dims)) * dtype.itemsize:
+            raise ValueError(f"{len(content) - start} bytes of data for dimensions {dims}")
+        array = np.frombuffer(content, dtype, offset=start).reshape(dims)
+        return array.astype(dtype.newbyteorder("="))
+    except (OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: not a readable IDX file (truncated or corrupt?): {exc}") from exc
+
+
+def read_idx_folder(folder: Path) -> RawData:
+    """The four IDX files of MNIST's original distribution (and Fashion-MNIST's, KMNIST's)."""
+    files = {key: _idx_file(folder, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[key] for key, file in files.items() if file is None]
+    if missing:
+        raise DataError(f"{folder}: missing IDX files {missing} (with or without .gz)")
+    arrays = {key: read_idx(file) for key, file in files.items()}
+    return RawData(**arrays, kind="image", name=folder.name, source=str(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# A folder of images, one subfolder per class
+# --------------------------------------------------------------------------------------------
+def read_image_folder(folder: Path) -> RawData:
+    """Every image of ``folder/<class>/``, classes in sorted order of their folder names.
+    Grey images stay grey, otherwise RGB; images of another size than the most common one
+    are resized to it."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = {d.name: sorted(f for f in d.iterdir()
+                            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+             for d in classes}
+    if not any(files.values()):
+        raise DataError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders: an image "
+            "folder holds one subfolder per class (Keras' image_dataset_from_directory layout)")
+    empty = [name for name, found in files.items() if not found]
+    if empty:
+        raise DataError(f"{folder}: class folder(s) {', '.join(empty)} hold no images; every "
+                        "class needs images (remove the folder to drop the class)")
+    images, labels = [], []
+    for index, paths in enumerate(files.values()):
+        for path in paths:
+            try:
+                with Image.open(path) as opened:
+                    opened.load()
+                    images.append(opened.copy())
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"{path}: not a readable image ({exc})") from exc
+            labels.append(index)
+    grey = all(image.mode in ("1", "L", "LA", "I", "I;16", "F") for image in images)
+    size = Counter(image.size for image in images).most_common(1)[0][0]
+    arrays = []
+    for image in images:
+        image = image.convert("L" if grey else "RGB")
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        arrays.append(np.asarray(image, dtype=np.uint8))
+    return RawData(x_train=np.stack(arrays), y_train=np.asarray(labels, np.int64),
+                   kind="image", class_names=tuple(files), name=folder.name, source=str(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# A Parquet table
+# --------------------------------------------------------------------------------------------
+def read_parquet(path: Path, label: str = "label") -> RawData:
+    """Feature columns (numbers), a label column (integers or strings) and an optional
+    ``split`` column of a Parquet table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    columns = table.column_names
+    if label not in columns:
+        raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); "
+                        "name it with --label COLUMN")
+    features = [c for c in columns if c not in (label, SPLIT_COLUMN)]
+    if not features:
+        raise DataError(f"{path}: no feature columns beside the label column {label!r}")
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    other = [f"{c} ({table.schema.field(c).type})" for c in features
+             if not any(test(table.schema.field(c).type) for test in numeric)]
+    if other:
+        raise DataError(f"{path}: non-numeric feature columns: {', '.join(other)}; features "
+                        "must be numbers (encode or drop those columns)")
+    x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                         for c in features])
+    labels = table.column(label)
+    if labels.null_count:
+        raise DataError(f"{path}: the label column {label!r} has {labels.null_count} missing "
+                        "values")
+    kind = labels.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        y = np.asarray(labels.to_pylist(), dtype=np.str_)
+    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        y = labels.to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        raise DataError(f"{path}: the label column {label!r} has type {kind}; expected integer "
+                        "or string labels")
+    split = None
+    if SPLIT_COLUMN in columns:
+        values = table.column(SPLIT_COLUMN).to_pylist()
+        bad = sorted({str(v) for v in values} - set(SPLIT_VALUES))
+        if bad:
+            raise DataError(f"{path}: the {SPLIT_COLUMN!r} column holds {', '.join(bad)}; "
+                            f"allowed: {', '.join(SPLIT_VALUES)}")
+        split = np.asarray(values, dtype=np.str_)
+    return RawData(x_train=x, y_train=y, split=split, kind="table",
+                   feature_names=tuple(features), name=path.stem, source=str(path))
+
+
+def read_data(data: str | os.PathLike | None = None, label: str = "label") -> RawData:
+    """Resolve ``data`` (:func:`resolve_source`) and read it."""
+    return read_source(resolve_source(data), label)
