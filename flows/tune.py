@@ -95,7 +95,7 @@ def tune(
     objectives = check_objectives(objectives, pruner)
     space = with_epochs(space, epochs)
     storage = run.optuna_storage(storage)
-    data = prepare_data_task(run.data, run.split(), run.data_dir)
+    data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     spending = make_spending(budget, data, run.backend)
     wanted = trials if trials is not None else (UNBOUNDED if budget is not None else 50)
     proposer = TuneProposer(space, data, run.backend, storage, wanted, sampler, pruner,
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> str:
         "a space of distributions; every trial is the same cached training task as the grid's "
         "and the random search's. Each dimension below is kind:arguments: choice:A,B,C | "
         "uniform:LOW:HIGH[:DECIMALS] | log_uniform:LOW:HIGH[:DIGITS] | int:LOW:HIGH | "
-        "int_log:LOW:HIGH.", argv, expand=("space", "run", "fan_out"),
+        "int_log:LOW:HIGH, or the values to choose from (--layers 1 2 3).", argv,
+        expand=("space", "run", "fan_out"),
         make={"space": make_tune_space}, check=check, files={"space": read_space_file})
 
 

@@ -36,12 +36,21 @@ def with_epochs(model: _WithEpochs, epochs: int | None) -> _WithEpochs:
 
 
 
+#: Fields added to :class:`TrialConfig` after trial keys were first issued, with their defaults:
+#: a field at its default is left out of the key (:meth:`TrialConfig.canonical_json`), so every
+#: trial of before it keeps its key; any other value is part of its trials' keys.
+ADDED_FIELDS: dict[str, object] = {"layers": 1}
+
+
 class TrialConfig(BaseModel):
-    """One network to train: Dense(units, activation) -> Dropout -> Dense(10) -> softmax, Adam."""
+    """One network to train: ``layers`` x [Dense(units, activation) -> Dropout] ->
+    Dense(classes) -> softmax, Adam (the exercise: one hidden layer)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     units: int = Field(128, ge=1, le=65536, description="hidden units (>= 1)")
+    layers: int = Field(1, ge=1, le=32, description="hidden layers, each of `units` units "
+                                                    "(1: the exercise's network)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout rate in [0, 1)")
     activation: Activation = Field("relu", description="hidden activation")
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate (> 0)")
@@ -65,8 +74,9 @@ class TrialConfig(BaseModel):
 
     def label(self) -> str:
         """Short human-readable description, used in progress lines and tables."""
+        depth = f" layers={self.layers}" if self.layers != 1 else ""
         return (
-            f"units={self.units} dropout={self.dropout:g} act={self.activation} "
+            f"units={self.units}{depth} dropout={self.dropout:g} act={self.activation} "
             f"lr={self.learning_rate:g} batch={self.batch_size} epochs={self.epochs} "
             f"seed={self.seed}"
         )
@@ -75,18 +85,28 @@ class TrialConfig(BaseModel):
         """A rough relative cost of training this trial (for scheduling the costliest first):
         per-step overhead plus Adam's update, which both grow with steps, plus the matmuls."""
         steps = -(-train_size // self.batch_size)
-        return self.epochs * (steps * (1.0 + self.units / 16.0) + train_size * self.units / 256)
+        return self.epochs * self.layers * (steps * (1.0 + self.units / 16.0)
+                                            + train_size * self.units / 256)
 
     def canonical_json(self) -> str:
-        """Stable JSON of every field (sorted keys), the basis of the trial key."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable JSON of every field (sorted keys), the basis of the trial key; a field of
+        :data:`ADDED_FIELDS` at its default is left out."""
+        fields = self.model_dump(mode="json")
+        for name, default in ADDED_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
 
 class SplitSpec(BaseModel):
-    """How Keras' (train, test) arrays become train / validation / test.
+    """How the data becomes train / validation / test.
 
-    The exercise's default: all 60000 training images; validation = ``x_test[8000:]``
-    (2000 images); test = ``x_test[:8000]``.
+    Formats with a test part (a Keras-layout npz, IDX files): the test split is the first
+    ``test_size`` of the test part and the rest is validation; the exercise's default,
+    80 %, is MNIST's ``x_test[:8000]`` / ``x_test[8000:]``. Formats without one (image
+    folders, tables): a seeded, stratified hold-out of ``test_size`` (default 20 %) and
+    ``validation_size`` (default 10 %) of all rows, unless a table's ``split`` column says.
+    A size is a count (``8000``) or a fraction below 1 (``0.8``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -94,9 +114,22 @@ class SplitSpec(BaseModel):
     train_samples: int | None = Field(
         None, ge=1, description="use only the first N training images (None: all)"
     )
-    test_size: int = Field(
-        8000, ge=1, description="first `test_size` images of x_test are the test split"
-    )
+    test_size: float | None = Field(
+        None, gt=0, description="the test split: a count (8000) or a fraction (0.8) of the "
+        "test part (default 80 %: MNIST's x_test[:8000]); for data without a test part, of "
+        "all rows (default 20 %)")
+    validation_size: float | None = Field(
+        None, gt=0, description="for data without a test part: the validation split, a count "
+        "or a fraction of all rows (default 10 %); with a test part, validation is the rest "
+        "of it")
+
+    @field_validator("test_size", "validation_size")
+    @classmethod
+    def _count_or_fraction(cls, value: float | None, info) -> float | None:
+        if value is not None and value >= 1 and value != int(value):
+            raise ValueError(f"{info.field_name}={value:g}: a count (a whole number) or a "
+                             "fraction below 1")
+        return value
 
 
 #: The modules whose code decides what a trial computes, by their *name in the key* (the name
@@ -113,10 +146,31 @@ TRAINING_CODE: dict[str, str] = {
 #: the key, so that an import statement reads the same wherever the module went.
 KEY_NAMES: dict[str, str] = {module: name for name, module in TRAINING_CODE.items()} | {
     "tasks.engine.tf_runtime": "tasks.tf_runtime",
-    "tasks.data.mnist": "tasks.data",
+    "tasks.data.splits": "tasks.data",
+    "tasks.data.mnist": "tasks.data",  # where Splits lived until the data took other formats
 }
 #: Packages whose versions decide it too.
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
+#: Training code proven to compute what the code it replaced computed, by module (its name in
+#: the key): {its fingerprint now: the fingerprint it replaces}. The key keeps the replaced
+#: one, so a change that generalizes the engine retrains no cached trial. The proof is a test
+#: (tests/test_engine_equivalence.py): the replaced modules, kept in tests/engine_before/, and
+#: today's train byte-identical weights on MNIST-shaped data for every activation and
+#: protocol. Any later edit of such a module changes its fingerprint, so its entry no longer
+#: applies (and that test says so): keys follow the code again unless a new proof is added.
+#: Here: hidden layers (``layers``), any input width and any number of classes (the network
+#: follows the data), MNIST's one-layer network on 784 inputs and 10 classes unchanged.
+EQUIVALENT_CODE: dict[str, dict[str, str]] = {
+    "tasks.backend_compiled": {
+        "4e9e204517c79e66189bc779e03253d2c433dfd7fba35c917723c5ecca14d2db":
+            "69d2b4cd60c3254c5148f2b885bdb82aca0a0fa0002608876228a89445a27df3"},
+    "tasks.backend_keras": {
+        "1e0671fa0eedcfeb12159871e0f3f6bed292dbfa02d14ac4b811e6f3f0eba74a":
+            "52ef01c2242a1bd93836471ee8d667d7503e7dedc242fb16403c21b0c9786890"},
+    "tasks.model": {
+        "a743299b60c894cb65b5dd1197826f263b2642feabed981619fc926f49a1c893":
+            "f6204aa3422b2417dc16bd2e232de5a64c2781fc7b33e14ee25bdd3692d0abf3"},
+}
 #: Activations added to the training code after trial keys were first issued. Their entries in
 #: the code's activation tables (dict literals indexed by the name ``activation``) are taken out
 #: of the modules' fingerprints and enter only the keys of the trials that use them: adding an
@@ -201,13 +255,16 @@ def _code_fingerprint(source: str, added: dict[str, str] | None = None) -> str:
 @functools.cache
 def training_code_version() -> str:
     """Derived, never hand-kept: a hash of the training code's syntax trees
-    (:data:`TRAINING_CODE`) and of the versions of :data:`TRAINING_PACKAGES`. A change to how
-    a trial is trained, or an upgrade of TensorFlow, gives every trial a new key."""
+    (:data:`TRAINING_CODE`, with a module proven equivalent to earlier code by its earlier
+    fingerprint: :data:`EQUIVALENT_CODE`) and of the versions of :data:`TRAINING_PACKAGES`. A
+    change to how a trial is trained, or an upgrade of TensorFlow, gives every trial a new
+    key."""
     parts = []
     for name, module in TRAINING_CODE.items():
         spec = importlib.util.find_spec(module)
         with open(spec.origin, encoding="utf-8") as handle:
-            parts.append(f"{name}:{_code_fingerprint(handle.read())}")
+            fingerprint = _code_fingerprint(handle.read())
+        parts.append(f"{name}:{EQUIVALENT_CODE.get(name, {}).get(fingerprint, fingerprint)}")
     for package in TRAINING_PACKAGES:
         try:
             parts.append(f"{package}=={importlib.metadata.version(package)}")
@@ -252,9 +309,11 @@ def make_config(**values) -> TrialConfig:
         raise as_user_error(exc) from None
 
 
-def make_split(train_samples: int | None = None, test_size: int = 8000) -> SplitSpec:
+def make_split(train_samples: int | None = None, test_size: float | None = None,
+               validation_size: float | None = None) -> SplitSpec:
     """A SplitSpec, with invalid values reported as one UserError line."""
     try:
-        return SplitSpec(train_samples=train_samples, test_size=test_size)
+        return SplitSpec(train_samples=train_samples, test_size=test_size,
+                         validation_size=validation_size)
     except ValidationError as exc:
         raise as_user_error(exc) from None

@@ -67,7 +67,11 @@ def _argparse_kwargs(annotation: Any, default: Any, help_text: str,
         kwargs["type"] = kind
         kwargs["metavar"] = metavar
     elif inspect.isclass(kind) and issubclass(kind, BaseModel) and hasattr(kind, "parse"):
-        kwargs["type"] = str  # a model written as one text (a Dimension: kind:arguments)
+        # a model written as one text (a Dimension: kind:arguments), or as values to choose
+        # from (``--units 128 256 512``)
+        kwargs["type"] = str
+        kwargs["nargs"] = "+"
+        kwargs["action"] = _OneOrMore
         kwargs["metavar"] = "SPEC"
     else:  # pragma: no cover (a parameter type the command line cannot take)
         raise TypeError(f"no command-line option for a parameter of type {annotation!r}")
@@ -77,6 +81,14 @@ def _argparse_kwargs(annotation: Any, default: Any, help_text: str,
     kwargs["help"] = f"{help_text} (default: {shown})" if default is not None else help_text
     kwargs["default"] = argparse.SUPPRESS  # given options only: the flow keeps its defaults
     return kwargs
+
+
+class _OneOrMore(argparse.Action):
+    """Keeps one value as itself (a dimension's text: ``int_log:8:512``) and several as a
+    list (the values to choose from: ``128 256 512``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
 
 
 def _option(name: str) -> str:

@@ -5,14 +5,16 @@ import pytest
 from conftest import synthetic_mnist
 
 from tasks.config import SplitSpec, TrialConfig
-from tasks.data.mnist import split_arrays
+from tasks.data.prepare import in_memory, prepare
+from tasks.data.readers import RawData
 from tasks.engine.model import build_model, load_model, predict_probabilities
 from tasks.engine.train import train_model
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return split_arrays(synthetic_mnist(n_train=512, n_test=400), SplitSpec(test_size=200))
+    return in_memory(prepare(RawData(**synthetic_mnist(n_train=512, n_test=400)),
+                             SplitSpec(test_size=200)))
 
 
 def test_compiled_backend_learns_and_restores_the_best_epoch(splits, tmp_path):
@@ -93,7 +95,9 @@ def test_trainers_are_reused_across_trials_of_one_shape(splits):
     backend_compiled.clear_trainers()
     first = TrialConfig(units=20, dropout=0.2, batch_size=64, epochs=1)
     train_model(first, splits)
-    shape = (20, "relu", 784 - 28, 28)  # the top row is zero in every training image
+    # units, activation, hidden layers, classes, label type, trained and frozen inputs (the top
+    # row is zero in every training image)
+    shape = (20, "relu", 1, 10, "uint8", 784 - 28, 28)
     (trainer,) = backend_compiled._IDLE[shape]
     traces = trainer._train_epoch.experimental_get_tracing_count()
     # another batch size, dropout, learning rate and seed: the same graph, no new trace

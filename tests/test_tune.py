@@ -156,7 +156,7 @@ def test_trials_a_dead_tune_left_running_are_asked_again_first_a_live_tunes_neve
         mnist_file, tmp_path):
     import time
 
-    from tasks.data.mnist import prepare_data
+    from tasks.data.prepare import prepare_data
     from tasks.search.tune.proposer import TuneProposer
 
     handle, _ = prepare_data(mnist_file, SplitSpec())

@@ -1,17 +1,18 @@
 """The compiled backend: the exercise's network trained with plain TensorFlow ops, one graph
 per epoch, the graph reused across trials.
 
-One *trainer* per (units, activation, input size) holds the network's variables, Adam's
-state and two traced graph functions (a training epoch, an evaluation). Everything else a
-trial sets is data, not graph: batch size, learning rate, dropout rate and seeds are tensor
-arguments or variables reset at the start of each trial. So a search of hundreds of trials
-traces about one graph per layer shape and activation, instead of one per trial, and a trial
-spends its time in training steps.
+One *trainer* per layer shape (units, activation, hidden layers, input size, classes) holds
+the network's variables, Adam's state and two traced graph functions (a training epoch, an
+evaluation). Everything else a trial sets is data, not graph: batch size, learning rate,
+dropout rate and seeds are tensor arguments or variables reset at the start of each trial. So
+a search of hundreds of trials traces about one graph per layer shape and activation, instead
+of one per trial, and a trial spends its time in training steps.
 
-A step is the same computation as the exercise's Keras model: Dense(units, activation) ->
-Dropout -> Dense(10) -> softmax cross-entropy, Adam with Keras' defaults (TensorFlow's fused
-``ResourceApplyAdam``: bias-corrected learning rate, epsilon outside the square root), Glorot
-initial weights from Keras' own seeded initializer, inverted dropout.
+A step is the same computation as the exercise's Keras model: ``layers`` x [Dense(units,
+activation) -> Dropout] -> Dense(classes) -> softmax cross-entropy, Adam with Keras' defaults
+(TensorFlow's fused ``ResourceApplyAdam``: bias-corrected learning rate, epsilon outside the
+square root), Glorot initial weights from Keras' own seeded initializer, inverted dropout (one
+seeded generator draws every hidden layer's mask, in layer order).
 
 Inputs that are zero in every training image (67 of MNIST's 784 pixels, at the border) are
 left out of the training steps: their first-layer weights get a gradient of exactly zero, so
@@ -31,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from tasks.config import TrialConfig
-from tasks.data.mnist import Splits
+from tasks.data.splits import Splits
 from tasks.engine.epochs import NOT_COMPUTED, BestWeights, history_row, reported_metrics
-from tasks.engine.model import N_CLASSES
+from tasks.engine.model import layer_seeds
 from tasks.engine.tf_runtime import tensorflow
 
 EVAL_BATCH = 10_000  # rows per forward pass when computing metrics (bounded memory)
@@ -44,13 +45,15 @@ MAX_IDLE_TRAINERS = 32  # per process; a 512-unit trainer holds ~5 MB of variabl
 class Trainer:
     """Variables and traced graphs for one layer shape and activation (see module doc)."""
 
-    def __init__(self, units: int, activation: str, active: int, inactive: int):
+    def __init__(self, units: int, activation: str, layers: int, classes: int, labels: str,
+                 active: int, inactive: int):
         tf = tensorflow()
         act = {"relu": tf.nn.relu, "elu": tf.nn.elu, "sigmoid": tf.sigmoid,
                "tanh": tf.tanh, "linear": tf.identity}[activation]
-        self.units, self.activation = units, activation
-        self.shape_key = (units, activation, active, inactive)
-        shapes = [(active, units), (units,), (units, N_CLASSES), (N_CLASSES,)]
+        self.units, self.activation, self.classes = units, activation, classes
+        self.shape_key = (units, activation, layers, classes, labels, active, inactive)
+        shapes = [(active, units), (units,), *[(units, units), (units,)] * (layers - 1),
+                  (units, classes), (classes,)]
         self.weights = [tf.Variable(tf.zeros(shape)) for shape in shapes]
         # first-layer rows of the inputs that are zero in every training image (module doc)
         self.frozen = tf.Variable(tf.zeros((inactive, units)))
@@ -61,12 +64,17 @@ class Trainer:
         self.keep = tf.Variable(1.0)  # 1 - dropout rate
         self.step = tf.Variable(0.0)  # Adam's t
         self.dropout_noise = tf.random.Generator.from_seed(0)
-        w1, b1, w2, b2 = self.weights
+        w1, b1, *deeper, w2, b2 = self.weights
+        deeper = list(zip(deeper[::2], deeper[1::2], strict=True))  # hidden layers 2, 3, ...
         beta_1, beta_2 = tf.constant(ADAM_BETA_1), tf.constant(ADAM_BETA_2)
         epsilon = tf.constant(ADAM_EPSILON)
         x_spec = tf.TensorSpec([None, active], tf.float32)
         zero_spec = tf.TensorSpec([None, None], tf.float32)
-        y_spec = tf.TensorSpec([None], tf.uint8)
+        y_spec = tf.TensorSpec([None], tf.as_dtype(labels))
+
+        def dropped(hidden):
+            kept = self.dropout_noise.uniform(tf.shape(hidden)) < self.keep
+            return hidden * (tf.cast(kept, tf.float32) / self.keep)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), x_spec, y_spec,
                                       tf.TensorSpec([], tf.int32)])
@@ -79,9 +87,9 @@ class Trainer:
                 xb = tf.gather(x, index)
                 yb = tf.cast(tf.gather(y, index), tf.int32)
                 with tf.GradientTape() as tape:
-                    hidden = act(tf.matmul(xb, w1) + b1)
-                    kept = self.dropout_noise.uniform(tf.shape(hidden)) < self.keep
-                    hidden = hidden * (tf.cast(kept, tf.float32) / self.keep)
+                    hidden = dropped(act(tf.matmul(xb, w1) + b1))
+                    for kernel, bias in deeper:
+                        hidden = dropped(act(tf.matmul(hidden, kernel) + bias))
                     logits = tf.matmul(hidden, w2) + b2
                     loss = tf.reduce_mean(
                         tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
@@ -111,7 +119,10 @@ class Trainer:
                 pre = tf.matmul(xb, w1) + b1
                 if tf.shape(zb)[1] > 0:
                     pre += tf.matmul(zb, self.frozen)
-                logits = tf.matmul(act(pre), w2) + b2
+                hidden = act(pre)
+                for kernel, bias in deeper:
+                    hidden = act(tf.matmul(hidden, kernel) + bias)
+                logits = tf.matmul(hidden, w2) + b2
                 losses = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
                 loss_sum += tf.reduce_sum(tf.cast(losses, tf.float64))
                 hit = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), yb)
@@ -130,12 +141,18 @@ class Trainer:
         self.columns = columns
         active, inactive = columns
         full = (len(active) + len(inactive), self.units)
+        deeper = []
+        for layer in range(2, config.layers + 1):
+            deeper += [np.asarray(keras.initializers.GlorotUniform(
+                seed=layer_seeds(config.seed, layer)[0])((self.units, self.units))),
+                np.zeros(self.units, np.float32)]
         self.set_weights([
             np.asarray(keras.initializers.GlorotUniform(seed=config.seed)(full)),
             np.zeros(self.units, np.float32),
+            *deeper,
             np.asarray(keras.initializers.GlorotUniform(seed=config.seed + 2)(
-                (self.units, N_CLASSES))),
-            np.zeros(N_CLASSES, np.float32)])
+                (self.units, self.classes))),
+            np.zeros(self.classes, np.float32)])
         for slot in (*self.m, *self.v):
             slot.assign(np.zeros(slot.shape, np.float32))
         self.step.assign(0.0)
@@ -176,10 +193,9 @@ _IDLE: OrderedDict[tuple, list[Trainer]] = OrderedDict()  # least recently used 
 _TENSORS: dict[int, tuple[weakref.ref, Any]] = {}
 
 
-def _checkout(units: int, activation: str, active: int, inactive: int) -> Trainer:
-    """An idle trainer for this shape (a new one if none is idle: trials on other threads
-    never share one)."""
-    key = (units, activation, active, inactive)
+def _checkout(*key) -> Trainer:
+    """An idle trainer for this shape (:attr:`Trainer.shape_key`; a new one if none is idle:
+    trials on other threads never share one)."""
     with _LOCK:
         idle = _IDLE.get(key)
         if idle:
@@ -257,7 +273,8 @@ def train(config: TrialConfig, splits: Splits,
           on_epoch: Callable[[dict[str, float]], bool | None] | None = None) -> dict[str, Any]:
     """Train one trial; see :func:`tasks.engine.train.train_model` for what comes back."""
     columns = input_columns(splits.x_train)
-    trainer = _checkout(config.units, config.activation, *map(len, columns))
+    trainer = _checkout(config.units, config.activation, config.layers, splits.classes,
+                        splits.y_train.dtype.name, *map(len, columns))
     try:
         trainer.reset(config, columns)
         tensors = split_tensors(splits)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from tasks.config import TrialConfig
-from tasks.data.mnist import Splits
+from tasks.data.splits import Splits
 from tasks.engine.epochs import NOT_COMPUTED, BestWeights, history_row, reported_metrics
-from tasks.engine.model import EVAL_BATCH, N_CLASSES, build_model
+from tasks.engine.model import EVAL_BATCH, build_model
 from tasks.engine.tf_runtime import tensorflow
 
 
@@ -22,12 +22,12 @@ def train(config: TrialConfig, splits: Splits,
     tensorflow()
     import keras
 
-    model = build_model(config, splits.x_train.shape[1])
+    model = build_model(config, splits.x_train.shape[1], splits.classes)
     keras.utils.set_random_seed(config.seed)  # fit's shuffling uses the global generator
     x_train = splits.x_train.astype(np.float64)  # as in the exercise: x / 255.0 is float64
     x_val = splits.x_val.astype(np.float64)
-    y_train = keras.utils.to_categorical(splits.y_train, N_CLASSES)
-    y_val = keras.utils.to_categorical(splits.y_val, N_CLASSES)
+    y_train = keras.utils.to_categorical(splits.y_train, splits.classes)
+    y_val = keras.utils.to_categorical(splits.y_val, splits.classes)
     model.compile(loss="categorical_crossentropy",
                   optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
                   metrics=["accuracy"])
@@ -59,6 +59,6 @@ def train(config: TrialConfig, splits: Splits,
     metrics = reported_metrics(
         config, history, best_epoch, lambda: evaluate(x_train, y_train),
         lambda: evaluate(splits.x_test.astype(np.float64),
-                         keras.utils.to_categorical(splits.y_test, N_CLASSES)))
+                         keras.utils.to_categorical(splits.y_test, splits.classes)))
     return {"history": history, "best_epoch": best_epoch,
             "weights": [np.array(w) for w in model.get_weights()], "metrics": metrics}

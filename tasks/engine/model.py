@@ -1,9 +1,10 @@
 """The exercise's network as a Keras model: build, summary, weights on disk, predictions.
 
-Dense(units, activation) -> Dropout -> Dense(10) -> softmax. The compiled backend trains the
-same network with plain TensorFlow ops; its weights come back in Keras' ``get_weights`` order
-(hidden kernel, hidden bias, output kernel, output bias), so a saved trial loads into this
-model.
+``layers`` x [Dense(units, activation) -> Dropout] -> Dense(classes) -> softmax; the exercise's
+network is one hidden layer on MNIST's 784 pixels and 10 classes. The compiled backend trains
+the same network with plain TensorFlow ops; its weights come back in Keras' ``get_weights``
+order (each hidden layer's kernel and bias, then the output's), so a saved trial loads into
+this model.
 """
 
 from __future__ import annotations
@@ -19,31 +20,45 @@ from tasks.config import TrialConfig
 from tasks.engine.tf_runtime import tensorflow
 from tasks.files import atomic_path
 
-N_CLASSES = 10
+N_CLASSES = 10  # MNIST's
 EVAL_BATCH = 10_000  # rows per forward pass when predicting (bounded memory)
 WEIGHTS_SUFFIX = ".weights.npz"
 
 
-def build_model(config: TrialConfig, input_dim: int = 784):
-    """Dense(units, activation) -> Dropout -> Dense(10) -> softmax, seeded, not compiled."""
+def layer_seeds(seed: int, layer: int) -> tuple[int, int]:
+    """(initializer seed, dropout seed) of hidden layer ``layer`` (1-based): the exercise's
+    ``seed`` and ``seed + 1`` for the first (the output layer's initializer takes ``seed + 2``),
+    two more per deeper layer."""
+    return (seed, seed + 1) if layer == 1 else (seed + 2 * layer - 1, seed + 2 * layer)
+
+
+def build_model(config: TrialConfig, input_dim: int = 784, n_classes: int = N_CLASSES):
+    """``config.layers`` x [Dense(units, activation) -> Dropout] -> Dense(n_classes) ->
+    softmax, seeded, not compiled."""
     tensorflow()
     import keras
     from keras import layers
 
-    seed = config.seed
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
+    hidden = []
+    for layer in range(1, config.layers + 1):
+        kernel_seed, dropout_seed = layer_seeds(config.seed, layer)
+        suffix = "" if layer == 1 else f"_{layer}"
+        hidden += [
             layers.Dense(
                 config.units,
                 activation=config.activation,
-                kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-                name="hidden",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=kernel_seed),
+                name=f"hidden{suffix}",
             ),
-            layers.Dropout(config.dropout, seed=seed + 1, name="dropout"),
+            layers.Dropout(config.dropout, seed=dropout_seed, name=f"dropout{suffix}"),
+        ]
+    return keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            *hidden,
             layers.Dense(
-                N_CLASSES,
-                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2),
+                n_classes,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed + 2),
                 name="output",
             ),
             layers.Activation("softmax", name="softmax"),
@@ -73,15 +88,17 @@ def read_weights(path: str | os.PathLike) -> list[np.ndarray]:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
 
-def load_model(config: TrialConfig, weights_path: str | os.PathLike, input_dim: int = 784):
-    """Rebuild the trial's Keras model and load its saved weights."""
-    model = build_model(config, input_dim)
-    model.set_weights(read_weights(weights_path))
+def load_model(config: TrialConfig, weights_path: str | os.PathLike):
+    """Rebuild the trial's Keras model and load its saved weights (their shapes give the
+    input width and the classes)."""
+    weights = read_weights(weights_path)
+    model = build_model(config, weights[0].shape[0], weights[-1].shape[0])
+    model.set_weights(weights)
     return model
 
 
 def predict_probabilities(model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (n, 10) without dropout."""
+    """Class probabilities (n, classes) without dropout."""
     tf = tensorflow()
     return np.concatenate(
         [model(tf.constant(x[i : i + EVAL_BATCH]), training=False).numpy()

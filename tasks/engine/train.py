@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.config import TrialConfig
-from tasks.data.mnist import Splits
+from tasks.data.splits import Splits
 
 EpochCallback = Callable[[dict[str, float]], bool | None]
 BACKEND_NAMES = ("compiled", "keras")

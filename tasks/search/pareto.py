@@ -131,8 +131,8 @@ def _short_number(value: float) -> str:
 
 
 def trial_label(row: pd.Series | dict[str, Any]) -> str:
-    """A short label of a trial's network and training: ``128u d0.2 relu lr1e-3 b32``. Fields
-    the row lacks (or holds as missing) are left out."""
+    """A short label of a trial's network and training: ``128u d0.2 relu lr1e-3 b32`` (``2x128u``
+    for two hidden layers). Fields the row lacks (or holds as missing) are left out."""
 
     def value(name: str) -> Any:
         got = row.get(name) if hasattr(row, "get") else None
@@ -140,7 +140,9 @@ def trial_label(row: pd.Series | dict[str, Any]) -> str:
 
     parts = []
     if (units := value("units")) is not None:
-        parts.append(f"{int(units)}u")
+        layers = value("layers")
+        depth = f"{int(layers)}x" if layers is not None and int(layers) != 1 else ""
+        parts.append(f"{depth}{int(units)}u")
     if (dropout := value("dropout")) is not None:
         parts.append(f"d{float(dropout):.2g}")
     if (activation := value("activation")) is not None:

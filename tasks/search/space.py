@@ -17,7 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.config import Activation, TrialConfig, make_config
 from tasks.errors import UserError, as_user_error
 
-SEARCH_FIELDS = ("dropout", "units", "activation", "learning_rate", "batch_size")
+SEARCH_FIELDS = ("dropout", "units", "layers", "activation", "learning_rate", "batch_size")
+#: Axes a search shows only when it searches them, with the one value they have otherwise
+#: (the exercise's single hidden layer): a search space, a report and a study's identity
+#: leave ``layers`` out while it is 1, so they read, and compare, as before depth existed.
+QUIET_FIELDS: dict[str, object] = {"layers": 1}
+
+
+def shown_fields(values: dict[str, list]) -> list[str]:
+    """The search fields of ``values`` (field -> values searched) worth showing: all but a
+    quiet field that holds only its default."""
+    return [name for name in SEARCH_FIELDS if name in values
+            and not (name in QUIET_FIELDS and list(values[name]) == [QUIET_FIELDS[name]])]
 
 
 class SearchSpace(BaseModel):
@@ -30,6 +41,9 @@ class SearchSpace(BaseModel):
         default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.8], description="dropout rates in [0, 1)")
     units: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [16, 32, 64, 128, 256], description="hidden units, >= 1")
+    layers: list[Annotated[int, Field(ge=1, le=32)]] = Field(
+        default_factory=lambda: [1], description="hidden layers, each of `units` units (1: "
+                                                 "the exercise's network)")
     activation: list[Activation] = Field(default_factory=lambda: ["relu"],
                                          description="hidden activations")
     learning_rate: list[Annotated[float, Field(gt=0.0)]] = Field(
@@ -70,12 +84,16 @@ class SearchSpace(BaseModel):
         return {"epochs": self.epochs, "seed": self.seed, "epoch_metrics": self.epoch_metrics,
                 "checkpoint": self.checkpoint}
 
+    def fields(self) -> list[str]:
+        """The hyperparameters a report shows (:func:`shown_fields`)."""
+        return shown_fields({name: getattr(self, name) for name in SEARCH_FIELDS})
+
     def describe(self) -> str:
         def shown(value) -> str:
             return f"{value:g}" if isinstance(value, float) else str(value)
 
         return " x ".join(f"{name} {{{', '.join(map(shown, getattr(self, name)))}}}"
-                          for name in SEARCH_FIELDS)
+                          for name in self.fields())
 
 
 def make_space(**values) -> SearchSpace:

@@ -34,7 +34,7 @@ from pydantic import (
 
 from tasks.config import TrialConfig, make_config
 from tasks.errors import UserError, as_user_error
-from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS
+from tasks.search.space import DEFAULT_RANDOM_SPACE, QUIET_FIELDS, SEARCH_FIELDS
 
 DimensionKind = Literal["choice", "uniform", "log_uniform", "int", "int_log"]
 KINDS: tuple[str, ...] = get_args(DimensionKind)
@@ -190,10 +190,18 @@ def _scalar(text: str) -> Value:
 
 
 def _dimension(value: Any) -> Any:
+    """A Dimension from its text (``int_log:8:512``), or from a list of choices: values, or
+    the texts of a command line (``--units 128 256 512``: numbers where they read as such)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) \
+            and ":" in value[0]:
+        value = value[0]  # one option value: a dimension's text
+    if isinstance(value, str) and ":" not in value:
+        value = [value]  # one value to choose: --layers 2
     if isinstance(value, str):
         return Dimension.parse(value)
     if isinstance(value, list):
-        return Dimension(kind="choice", choices=value)
+        return Dimension(kind="choice",
+                         choices=[_scalar(v) if isinstance(v, str) else v for v in value])
     return value
 
 
@@ -219,6 +227,10 @@ class TuneSpace(BaseModel):
     units: DimensionField = Field(
         default_factory=lambda: choices(DEFAULT_RANDOM_SPACE.units),
         description="hidden units: choice:A,B,.. or int_log:LOW:HIGH or int:LOW:HIGH")
+    layers: DimensionField = Field(
+        default_factory=lambda: choices([1]),
+        description="hidden layers, each of `units` units: choice:1,2,3 or int:1:3 (1: the "
+                    "exercise's network, not a searched dimension)")
     activation: DimensionField = Field(
         default_factory=lambda: choices(DEFAULT_RANDOM_SPACE.activation),
         description="hidden activation: choice of relu, elu, sigmoid, tanh")
@@ -236,14 +248,26 @@ class TuneSpace(BaseModel):
                              "(off in the exercise's searches: the last epoch is scored)")
 
     def dimensions(self) -> dict[str, Dimension]:
-        return {name: getattr(self, name) for name in SEARCH_FIELDS}
+        """The searched dimensions: every search field but a quiet one left at its one
+        default value (``layers``: then every trial has one hidden layer, :meth:`fixed`)."""
+        return {name: getattr(self, name) for name in SEARCH_FIELDS
+                if name not in self._quiet()}
+
+    def _quiet(self) -> dict[str, object]:
+        return {name: default for name, default in QUIET_FIELDS.items()
+                if getattr(self, name) == choices([default])}
+
+    def identity(self) -> dict:
+        """The space as a study's identity records it: a quiet field left at its default is
+        left out, so a study made before the field existed keeps working."""
+        return self.model_dump(mode="json", exclude=set(self._quiet()))
 
     def distributions(self) -> dict[str, Any]:
         return {name: dim.distribution() for name, dim in self.dimensions().items()}
 
     def fixed(self) -> dict:
         return {"epochs": self.epochs, "seed": self.seed, "epoch_metrics": self.epoch_metrics,
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint, **self._quiet()}
 
     def config(self, params: dict[str, Value]) -> TrialConfig:
         """The trial config of sampled ``params``, each rounded to its precision."""
@@ -256,8 +280,8 @@ class TuneSpace(BaseModel):
         in it (another fixed field, or a value no dimension can give)."""
         if any(getattr(config, name) != value for name, value in self.fixed().items()):
             return None
-        params = {name: getattr(config, name) for name in SEARCH_FIELDS}
         dims = self.dimensions()
+        params = {name: getattr(config, name) for name in dims}
         if not all(dims[name].holds(value) for name, value in params.items()):
             return None
         return params

@@ -1,12 +1,13 @@
 """Inference latency per image: a timed forward pass of a trained trial's saved weights.
 
-What it measures: the network's prediction (Dense -> activation -> Dense -> softmax; dropout is
-off at inference) on :data:`BATCH` images at once, with TensorFlow, in the process that asks;
-the fastest of :data:`REPEATS` timed passes (after :data:`WARMUP` untimed ones), divided by the
-batch: milliseconds per image. The fastest pass is the one least disturbed by other work on the
-machine. It is a property of the machine and of the process's TensorFlow threads as much as of
-the network: it is stored with both (``latency.json`` beside the weights) and compared only
-between trials measured on one machine.
+What it measures: the network's prediction (each hidden Dense -> activation, then Dense ->
+softmax; dropout is off at inference) on :data:`BATCH` images at once, with TensorFlow, in
+the process that asks; the fastest of :data:`REPEATS` timed passes (after :data:`WARMUP`
+untimed ones), divided by the batch: milliseconds per image. The fastest pass is the one
+least disturbed by other work on the machine. It is a property of the machine and of the
+process's TensorFlow threads as much as of the network: it is stored with both
+(``latency.json`` beside the weights) and compared only between trials measured on one
+machine.
 
 When: a trial measures itself right after training (:func:`tasks.trial.task.result_of`), on
 the machine that trained it; a trial trained before latencies existed is measured the first
@@ -35,7 +36,7 @@ WARMUP = 3
 FILE_NAME = "latency.json"
 #: The activations' forward functions (TensorFlow's own, as the engine trains them).
 _ACTIVATIONS = ("relu", "elu", "sigmoid", "tanh", "linear")
-_FORWARD: dict[str, object] = {}
+_FORWARD: dict[tuple[str, int], object] = {}
 _GUARD = threading.Lock()
 
 
@@ -53,28 +54,32 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def _forward(activation: str):
-    """A traced forward pass for ``activation`` (one trace per activation and process)."""
+def _forward(activation: str, layers: int = 1):
+    """A traced forward pass for ``activation`` and ``layers`` hidden layers (one trace per
+    network depth, activation and process)."""
     from tasks.engine.tf_runtime import tensorflow
 
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation {activation!r}: allowed: {', '.join(_ACTIVATIONS)}")
     with _GUARD:
-        if activation not in _FORWARD:
+        if (activation, layers) not in _FORWARD:
             tf = tensorflow()
             act = {"relu": tf.nn.relu, "elu": tf.nn.elu, "sigmoid": tf.sigmoid,
                    "tanh": tf.tanh, "linear": tf.identity}[activation]
             spec = tf.TensorSpec
-            signature = [spec((None, None), tf.float32), spec((None, None), tf.float32),
-                         spec((None,), tf.float32), spec((None, None), tf.float32),
-                         spec((None,), tf.float32)]
+            signature = [spec((None, None), tf.float32),
+                         *[spec((None, None), tf.float32), spec((None,), tf.float32)]
+                         * (layers + 1)]
 
             @tf.function(input_signature=signature)
-            def forward(x, w1, b1, w2, b2):
-                return tf.nn.softmax(tf.matmul(act(tf.matmul(x, w1) + b1), w2) + b2)
+            def forward(x, *weights):
+                *hidden, kernel, bias = weights
+                for w, b in zip(hidden[::2], hidden[1::2], strict=True):
+                    x = act(tf.matmul(x, w) + b)
+                return tf.nn.softmax(tf.matmul(x, kernel) + bias)
 
-            _FORWARD[activation] = forward
-        return _FORWARD[activation]
+            _FORWARD[activation, layers] = forward
+        return _FORWARD[activation, layers]
 
 
 def threads() -> int:
@@ -87,13 +92,13 @@ def threads() -> int:
 
 def measure(weights: list[np.ndarray], activation: str, batch: int = BATCH,
             repeats: int = REPEATS) -> float:
-    """Milliseconds per image of the forward pass of ``weights`` (Keras' order: hidden
-    kernel, hidden bias, output kernel, output bias) on ``batch`` images: the fastest of
+    """Milliseconds per image of the forward pass of ``weights`` (Keras' order: each hidden
+    layer's kernel and bias, then the output's) on ``batch`` images: the fastest of
     ``repeats`` passes."""
     from tasks.engine.tf_runtime import tensorflow
 
     tf = tensorflow()
-    forward = _forward(activation)
+    forward = _forward(activation, len(weights) // 2 - 1)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((batch, weights[0].shape[0]), dtype=np.float32))
     tensors = [tf.constant(np.asarray(w, dtype=np.float32)) for w in weights]
