@@ -1,4 +1,7 @@
-"""The baseline report: everything the exercise shows for its first network."""
+"""The baseline report: everything the exercise shows for its first network, for any data:
+class names where the data has them, image figures in the data's own shape and colours, and
+a per-class table; a table's data gets the confusion matrix and the per-class table instead
+of image figures."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks.data.mnist import DataHandle, load_splits
+from tasks.data.splits import DataHandle, DatasetInfo, dataset_info, load_splits
 from tasks.engine.model import WEIGHTS_SUFFIX
 from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.reports.figures import baseline as plots
@@ -32,7 +35,7 @@ def predict_test(result: TrialResult, data: DataHandle) -> tuple[np.ndarray, str
     from tasks.engine.train import release_tensorflow_memory
 
     splits = load_splits(data)
-    model = load_model(result.config, result.weights_path, splits.x_test.shape[1])
+    model = load_model(result.config, result.weights_path)
     probabilities = predict_probabilities(model, splits.x_test)
     summary = model_summary(model)
     del model
@@ -49,12 +52,16 @@ def write_baseline_report(
 ) -> Path:
     """Write the baseline run folder and return its final path."""
     splits = load_splits(data)
-    images = splits.x_test.reshape(-1, 28, 28)
+    info = dataset_info(data)
+    images = splits.x_test
     labels = splits.y_test.astype(int)
     predicted = probabilities.argmax(axis=1)
     missed = np.nonzero(predicted != labels)[0]
     history = pd.DataFrame(result.history)
     evaluation = evaluation_rows(result)
+    classes = per_class_rows(labels, predicted, info)
+    names = info.class_names if info.named_classes else None
+    shape = info.image_shape
 
     with RunFolder(reports_dir or default_reports_dir(), "baseline") as run:
         out = run.path
@@ -62,20 +69,26 @@ def write_baseline_report(
         atomic_write_parquet(pd.DataFrame(evaluation), out / "evaluation.parquet")
         if result.weights_path and Path(result.weights_path).exists():
             shutil.copyfile(result.weights_path, out / f"model{WEIGHTS_SUFFIX}")
+        atomic_write_parquet(pd.DataFrame(classes), out / "classes.parquet")
         plots.plot_history(result.history, out / "history.png")
-        plots.plot_confusion(labels, predicted, out / "confusion_matrix.png")
-        plots.plot_predictions(probabilities[:10], images[:10], labels[:10],
-                               out / "first_test_images.png", "First 10 test images")
-        for number, index in enumerate(missed[:MISCLASSIFIED_SHOWN], start=1):
-            plots.plot_prediction(probabilities[index], images[index], int(labels[index]),
-                                  out / f"misclassified_{number:02d}.png")
-        plots.plot_misclassified_grid(images[missed[:32]], labels[missed[:32]],
-                                      predicted[missed[:32]], out / "misclassified_grid.png")
+        plots.plot_confusion(labels, predicted, out / "confusion_matrix.png",
+                             info.class_names if names else None)
+        if shape is not None:
+            plots.plot_predictions(probabilities[:10], images[:10], labels[:10],
+                                   out / "first_test_images.png", "First 10 test images",
+                                   names, shape)
+            for number, index in enumerate(missed[:MISCLASSIFIED_SHOWN], start=1):
+                plots.plot_prediction(probabilities[index], images[index], int(labels[index]),
+                                      out / f"misclassified_{number:02d}.png", names, shape)
+            plots.plot_misclassified_grid(images[missed[:32]], labels[missed[:32]],
+                                          predicted[missed[:32]], out / "misclassified_grid.png",
+                                          names, shape)
         evaluation_text = markdown_table(evaluation, floatfmt=".4f")
         atomic_write_text(out / "evaluation.txt", evaluation_text + "\n")
         atomic_write_text(out / "model_summary.txt", summary + "\n")
         markdown = baseline_markdown(result, evaluation_text, history, len(missed),
-                                     len(labels), run.final, summary)
+                                     len(labels), run.final, summary, info,
+                                     markdown_table(classes, floatfmt=".4f"))
         atomic_write_text(out / "report.md", markdown)
     publish_artifacts("evaluation", evaluation, summary_markdown(result, run.final), run.final,
                       "Baseline: train / validation / test loss, accuracy, error rate")
@@ -94,18 +107,63 @@ def summary_markdown(result: TrialResult, folder: Path) -> str:
     )
 
 
-def baseline_markdown(result: TrialResult, evaluation_text: str, history: pd.DataFrame,
-                      n_missed: int, n_test: int, folder: Path, summary: str = "") -> str:
+def per_class_rows(labels: np.ndarray, predicted: np.ndarray,
+                   info: DatasetInfo) -> list[dict]:
+    """One row per class: its number, its name, its test images and their accuracy."""
+    rows = []
+    for index, name in enumerate(info.class_names):
+        mine = labels == index
+        count = int(mine.sum())
+        rows.append({"class": index, "name": name, "test images": count,
+                     "test accuracy": float((predicted[mine] == index).mean()) if count
+                     else float("nan")})
+    return rows
+
+
+def network_text(result: TrialResult, classes: int) -> str:
+    """``Dense(128, relu) -> Dropout(0.3) -> Dense(10) -> softmax``, each hidden layer once."""
     c = result.config
+    hidden = f"Dense({c.units}, {c.activation}) -> Dropout({c.dropout:g})"
+    hidden = hidden if c.layers == 1 else f"{c.layers} x [{hidden}]"
+    return f"{hidden} -> Dense({classes}) -> softmax"
+
+
+def baseline_markdown(result: TrialResult, evaluation_text: str, history: pd.DataFrame,
+                      n_missed: int, n_test: int, folder: Path, summary: str = "",
+                      info: DatasetInfo | None = None, classes_text: str = "") -> str:
+    c = result.config
+    info = info or DatasetInfo("MNIST", "image", (28, 28), tuple(map(str, range(10))))
     missed_images = "\n".join(
         f"![misclassified {i}](misclassified_{i:02d}.png)"
         for i in range(1, min(n_missed, MISCLASSIFIED_SHOWN) + 1)
     )
-    return f"""# Baseline: MNIST with a fully connected network
+    images = f"""
+## First 10 test images
 
-Dense({c.units}, {c.activation}) -> Dropout({c.dropout:g}) -> Dense(10) -> softmax; Adam
+The true class's bar is orange; a wrong prediction's bar is red.
+
+![first test images](first_test_images.png)
+
+## Misclassified test images
+
+{n_missed} of {n_test} test images are misclassified. The first ones, one by one:
+
+{missed_images}
+
+And the first 32 as a 4 x 8 grid:
+
+![misclassified grid](misclassified_grid.png)
+""" if info.image_shape is not None else f"""
+{n_missed} of {n_test} test rows are misclassified (a table: no image figures).
+"""
+    shape = ("x".join(map(str, info.image_shape)) + " images" if info.image_shape
+             else f"{len(info.feature_names or ())} features")
+    return f"""# Baseline: {info.name} with a fully connected network
+
+{network_text(result, len(info.class_names))}; Adam
 (learning rate {c.learning_rate:g}), categorical cross-entropy, batch {c.batch_size},
-{c.epochs} epochs, seed {c.seed}. Data fingerprint `{result.data_fingerprint}`,
+{c.epochs} epochs, seed {c.seed}. Data: {info.name} ({shape}, {len(info.class_names)} classes),
+fingerprint `{result.data_fingerprint}`,
 trial key `{result.trial_key}`, {result.backend} backend, {result.train_seconds:.1f} s.
 
 ## Model summary
@@ -131,24 +189,12 @@ metrics, so the two curves are comparable.
 
 ![confusion matrix](confusion_matrix.png)
 
-## First 10 test images
+## Per class
 
-The true class's bar is orange; a wrong prediction's bar is red.
-
-![first test images](first_test_images.png)
-
-## Misclassified test images
-
-{n_missed} of {n_test} test images are misclassified. The first ones, one by one:
-
-{missed_images}
-
-And the first 32 as a 4 x 8 grid:
-
-![misclassified grid](misclassified_grid.png)
-
-Files: `history.parquet`, `evaluation.parquet`, `evaluation.txt`, `model_summary.txt`,
-`model{WEIGHTS_SUFFIX}` (load with `tasks.engine.model.load_model`).
+{classes_text}
+{images}
+Files: `history.parquet`, `evaluation.parquet`, `classes.parquet`, `evaluation.txt`,
+`model_summary.txt`, `model{WEIGHTS_SUFFIX}` (load with `tasks.engine.model.load_model`).
 """
 
 

@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from tasks.errors import ReportError
 from tasks.files import atomic_write_parquet, atomic_write_text, check_writable_dir
-from tasks.search.space import SEARCH_FIELDS
+from tasks.search.space import SEARCH_FIELDS, shown_fields
 from tasks.trial.result import TrialResult
 
 
@@ -180,9 +180,16 @@ def grid_lines(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def hyperparameter_columns(frame: pd.DataFrame) -> list[str]:
+    """The search fields a table of ``frame``'s trials shows (a quiet one, e.g. ``layers``,
+    only where some trial differs from its default: :func:`tasks.search.space.shown_fields`)."""
+    return shown_fields({name: list(pd.unique(frame[name])) for name in SEARCH_FIELDS
+                         if name in frame})
+
+
 def results_table(frame: pd.DataFrame, sort_by: str | None = None) -> pd.DataFrame:
     """The human table: hyperparameters, validation/test accuracy, error rate, source."""
-    columns = [*SEARCH_FIELDS, "epochs", "val_accuracy", "test_accuracy",
+    columns = [*hyperparameter_columns(frame), "epochs", "val_accuracy", "test_accuracy",
                "test_error_rate", "train_seconds", "cached", "status"]
     table = frame[columns].copy()
     if sort_by:

@@ -23,13 +23,13 @@ from tasks.reports.folder import (
 )
 from tasks.reports.optuna_export import export_and_draw
 from tasks.reports.pareto import write_tradeoffs
-from tasks.search.space import SEARCH_FIELDS, SearchSpace
+from tasks.search.space import SearchSpace
 from tasks.trial.result import TrialResult, count_results
 
 
 def heatmap_axes(space: SearchSpace) -> tuple[str, str]:
     """The two hyperparameters with the most values (dropout x units for the default)."""
-    varied = sorted(SEARCH_FIELDS, key=lambda name: -len(getattr(space, name)))
+    varied = sorted(space.fields(), key=lambda name: -len(getattr(space, name)))
     return varied[0], varied[1]
 
 

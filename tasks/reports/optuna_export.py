@@ -370,7 +370,7 @@ def export_and_draw(run, kind: str, results: Sequence[TrialResult], space,
     """A report step for a grid or random run: export it as the study named like its report
     folder (``run``: a :class:`tasks.reports.folder.RunFolder`), draw its figures into the folder;
     returns the report's markdown section."""
-    study = export_run(run.final.name, results, {f: getattr(space, f) for f in SEARCH_FIELDS},
+    study = export_run(run.final.name, results, {f: getattr(space, f) for f in space.fields()},
                        storage, attrs={"kind": kind, "report": str(run.final)})
     lines = draw_study_figures(study, run.path)
     return "\n\n".join([

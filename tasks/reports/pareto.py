@@ -12,7 +12,7 @@ import pandas as pd
 
 from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.reports.figures import pareto as pareto_plots
-from tasks.reports.folder import markdown_table
+from tasks.reports.folder import hyperparameter_columns, markdown_table
 from tasks.search.pareto import (
     DEFAULT_TOLERANCE,
     cost_names,
@@ -25,10 +25,6 @@ from tasks.search.pareto import (
 )
 from tasks.search.space import SEARCH_FIELDS
 
-#: The front table's columns, in order, where the frame has them (``cost`` goes after
-#: ``epochs``; ``trial_key`` is kept in the Parquet file only).
-_HYPERPARAMETERS = (*SEARCH_FIELDS, "epochs")
-
 
 def front_table(front: pd.DataFrame, frame: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
                 accuracy: str = "val_accuracy", cost: str = "param_count") -> pd.DataFrame:
@@ -39,8 +35,9 @@ def front_table(front: pd.DataFrame, frame: pd.DataFrame, tolerance: float = DEF
     out."""
     chosen = smallest_within(frame, tolerance, accuracy, cost)
     best = most_accurate(frame, accuracy, cost)
-    columns = [c for c in (*_HYPERPARAMETERS, cost, accuracy, "test_accuracy")
-               if c in front.columns]
+    # the hyperparameters the trials' table shows, then cost and accuracy
+    columns = [c for c in (*hyperparameter_columns(front), "epochs", cost, accuracy,
+                           "test_accuracy") if c in front.columns]
     table = front[columns].copy()
     if cost == "param_count" and len(table):
         table[cost] = table[cost].round().astype(np.int64)  # a count (a float in the front)
@@ -102,7 +99,7 @@ def write_pareto(frame: pd.DataFrame, out: Path, tolerance: float = DEFAULT_TOLE
     table = front_table(front, frame, tolerance, accuracy, cost)
     atomic_write_parquet(table, out / f"{name}.parquet")
     # the report's table: the label stands for the hyperparameters (exact in the Parquet)
-    shown = table.drop(columns=[c for c in (*_HYPERPARAMETERS, "trial_key") if c in table])
+    shown = table.drop(columns=[c for c in (*SEARCH_FIELDS, "epochs", "trial_key") if c in table])
     if cost == "param_count":
         shown[cost] = shown[cost].map(lambda v: format_cost(v, cost))
     if "train_seconds" in shown.columns:

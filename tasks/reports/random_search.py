@@ -28,7 +28,7 @@ from tasks.reports.optuna_export import export_and_draw
 from tasks.reports.pareto import write_tradeoffs
 from tasks.search.best_of_n import NOTEBOOK_BEST_OF_N, StudyPlan, best_of_n_table
 from tasks.search.budget import DEFAULT_ORDERS, completed_pool, expected_best_by_budget
-from tasks.search.space import DEFAULT_RANDOM_SPACE, SEARCH_FIELDS, SearchSpace
+from tasks.search.space import DEFAULT_RANDOM_SPACE, SearchSpace
 from tasks.search.spending import BudgetSummary
 from tasks.trial.result import TrialResult, count_results
 
@@ -60,7 +60,7 @@ def write_random_report(
         table_text = run.write_trials_table(frame)
         with run.step("accuracy per hyperparameter figure"):
             plots.plot_accuracy_vs_hyperparameters(frame, out / "hyperparameters.png",
-                                                   SEARCH_FIELDS, value="val_accuracy")
+                                                   space.fields(), value="val_accuracy")
         study_text = ""
         best_of_n = None
         if plan is not None and draws:

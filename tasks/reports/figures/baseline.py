@@ -62,6 +62,9 @@ def plot_history(history: list[dict], path: figures.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------
 # Confusion matrix
 # --------------------------------------------------------------------------------------------
+#: Classes up to which every cell's percentage is written, and every class's tick label.
+MAX_CONFUSION_NUMBERS, MAX_CONFUSION_TICKS = 25, 40
+
 def confusion_percent(y_true: Any, y_pred: Any, n_classes: int = 10) -> np.ndarray:
     """Confusion matrix in percent of each *predicted* class (the notebook's normalisation).
 
@@ -97,7 +100,9 @@ def plot_confusion(
     """Confusion matrix heatmap, each cell the % of its *predicted* class (column sums to 100).
 
     ``y_true`` and ``y_pred`` are class indices ``0..len(classes)-1``; ``classes`` (default
-    ``0..9``) only labels the ticks. Columns of never-predicted classes are grey and unlabelled.
+    ``0..9``: numbers or names) only labels the ticks. Columns of never-predicted classes are
+    grey and unlabelled. Each cell's percentage is written in it up to
+    :data:`MAX_CONFUSION_NUMBERS` classes; beyond, the colours alone tell.
     """
     classes = list(range(10)) if classes is None else list(classes)
     n = len(classes)
@@ -109,13 +114,18 @@ def plot_confusion(
     im = ax.imshow(np.ma.masked_invalid(percent), cmap=cmap, norm=norm)
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("Frequency %")
-    ax.set_xticks(range(n), [figures.format_value(c) for c in classes])
-    ax.set_yticks(range(n), [figures.format_value(c) for c in classes])
+    step = max(1, math.ceil(n / MAX_CONFUSION_TICKS))  # every class up to 40, then every k-th
+    ticks = range(0, n, step)
+    names = [figures.format_value(classes[t]) for t in ticks]
+    size = max(5.0, min(10.0, 240.0 / len(ticks)))
+    ax.set_xticks(ticks, names, fontsize=size, rotation=45 if max(map(len, names)) > 3 else 0,
+                  ha="right" if max(map(len, names)) > 3 else "center")
+    ax.set_yticks(ticks, names, fontsize=size)
     ax.set_xlabel("Prediction")
     ax.set_ylabel("Truth")
     ax.set_title("Confusion matrix (% of each predicted class)")
     fontsize = max(5.0, min(10.0, 90.0 / n))
-    for i in range(n):
+    for i in range(n if n <= MAX_CONFUSION_NUMBERS else 0):
         for j in range(n):
             value = percent[i, j]
             if np.isnan(value):
@@ -144,6 +154,20 @@ _PREDICTION_LEGEND = [
 ]
 
 
+#: Classes drawn as bars beside an image; with more, the most probable ones and the true one.
+MAX_BARS = 12
+
+
+def shown_classes(probability: np.ndarray, label: int) -> np.ndarray:
+    """The classes whose bars are drawn, in class order: all up to :data:`MAX_BARS`, else the
+    ``MAX_BARS - 1`` most probable and the true class."""
+    n_classes = probability.size
+    if n_classes <= MAX_BARS:
+        return np.arange(n_classes)
+    top = np.argsort(-np.nan_to_num(probability, nan=-1.0), kind="stable")[:MAX_BARS - 1]
+    return np.unique(np.append(top, label if 0 <= label < n_classes else top[0]))
+
+
 def _draw_prediction(
     ax_image: Axes,
     ax_bars: Axes,
@@ -151,42 +175,45 @@ def _draw_prediction(
     image: np.ndarray,
     label: int,
     show_xlabel: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Draw one sample: the image on ``ax_image``, its class probabilities on ``ax_bars``.
 
     The true class's bar is ``C1``; a wrong prediction's bar is ``C3``; the others ``C0``. The bar
-    panel is titled ``true 7 / predicted 2`` (red when wrong).
+    panel is titled ``true 7 / predicted 2`` (red when wrong), with the classes' names where
+    the data has them.
     """
     probability = np.asarray(probability, dtype=np.float64).ravel()
-    n_classes = probability.size
     label = int(label)
     predicted = int(np.nanargmax(probability)) if np.isfinite(probability).any() else -1
     wrong = predicted != label
 
-    ax_image.imshow(image, cmap="Greys", vmin=0.0, vmax=1.0)
-    ax_image.set_xticks([])
-    ax_image.set_yticks([])
+    figures.show_image(ax_image, image, cmap="Greys")
 
-    colours = ["C0"] * n_classes
-    if wrong and 0 <= predicted < n_classes:
-        colours[predicted] = "C3"
-    if 0 <= label < n_classes:
-        colours[label] = "C1"
-    positions = np.arange(n_classes)
-    ax_bars.barh(positions, np.nan_to_num(probability), color=colours, height=0.8)
+    classes = shown_classes(probability, label)
+    colours = ["C0"] * len(classes)
+    for row, c in enumerate(classes):
+        if wrong and c == predicted:
+            colours[row] = "C3"
+        if c == label:
+            colours[row] = "C1"
+    positions = np.arange(len(classes))
+    row_of = {int(c): row for row, c in enumerate(classes)}
+    ax_bars.barh(positions, np.nan_to_num(probability[classes]), color=colours, height=0.8)
     ax_bars.set_xlim(0.0, 1.0)
-    ax_bars.set_ylim(n_classes - 0.5, -0.5)  # class 0 at the top
-    # The class digit at the left of each bar, as in the notebook.
-    ax_bars.set_yticks(positions, [str(c) for c in positions], fontsize=8)
+    ax_bars.set_ylim(len(classes) - 0.5, -0.5)  # class 0 at the top
+    # The class (digit, or name) at the left of each bar, as in the notebook.
+    ax_bars.set_yticks(positions, [figures.class_label(class_names, int(c)) for c in classes],
+                       fontsize=8)
     ax_bars.tick_params(axis="y", length=0, pad=3)
     ax_bars.tick_params(axis="x", labelsize=8)
     ax_bars.grid(True, axis="x", alpha=0.3)
-    if 0 <= predicted < n_classes:
+    if predicted in row_of:
         p = probability[predicted]
         inside = p > 0.8
         ax_bars.text(
             p - 0.02 if inside else p + 0.02,
-            predicted,
+            row_of[predicted],
             f"{p:.2f}",
             va="center",
             ha="right" if inside else "left",
@@ -195,9 +222,9 @@ def _draw_prediction(
         )
     if show_xlabel:
         ax_bars.set_xlabel("probability", fontsize=9)
-    shown = str(predicted) if predicted >= 0 else "?"
+    shown = figures.class_label(class_names, predicted) if predicted >= 0 else "?"
     ax_bars.set_title(
-        f"true {label} / predicted {shown}",
+        f"true {figures.class_label(class_names, label)} / predicted {shown}",
         fontsize=10,
         color="C3" if wrong else "black",
         fontweight="bold" if wrong else "normal",
@@ -205,12 +232,12 @@ def _draw_prediction(
 
 
 def _check_predictions(
-    probabilities: Any, images: Any, labels: Any
+    probabilities: Any, images: Any, labels: Any, image_shape: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.ndim == 1:
         probs = probs[None, :]
-    imgs = figures.as_images(images)
+    imgs = figures.as_images(images, image_shape)
     labs = np.asarray(labels).ravel().astype(int)
     if not (len(probs) == len(imgs) == len(labs)):
         raise ValueError(
@@ -222,14 +249,16 @@ def _check_predictions(
 
 @figures.locked
 def plot_predictions(
-    probabilities: Any, images: Any, labels: Any, path: figures.PathLike, title: str
+    probabilities: Any, images: Any, labels: Any, path: figures.PathLike, title: str,
+    class_names: Sequence[str] | None = None, image_shape: Sequence[int] | None = None,
 ) -> Path:
     """Several samples, each as image + bar chart of the class probabilities.
 
-    ``probabilities`` (n, 10), ``images`` (n, 28, 28) or (n, 784) in [0, 1], ``labels`` (n,).
-    Up to 5 samples are stacked in one column; more are laid out in two columns of pairs.
+    ``probabilities`` (n, classes), ``images`` (n, h, w[, c]) or rows of features in the data's
+    ``image_shape``, ``labels`` (n,). Up to 5 samples are stacked in one column; more are
+    laid out in two columns of pairs.
     """
-    probs, imgs, labs = _check_predictions(probabilities, images, labels)
+    probs, imgs, labs = _check_predictions(probabilities, images, labels, image_shape)
     n = len(probs)
     if n == 0:
         return figures.save(figures.message_figure("No images", title), path)
@@ -252,7 +281,8 @@ def plot_predictions(
             ax_bars.axis("off")
             continue
         last_in_column = k + pairs_per_row >= n
-        _draw_prediction(ax_image, ax_bars, probs[k], imgs[k], labs[k], show_xlabel=last_in_column)
+        _draw_prediction(ax_image, ax_bars, probs[k], imgs[k], labs[k],
+                         show_xlabel=last_in_column, class_names=class_names)
     fig.suptitle(title, fontsize=13)
     fig.legend(
         handles=_PREDICTION_LEGEND,
@@ -268,17 +298,20 @@ def plot_predictions(
 
 
 @figures.locked
-def plot_prediction(probability: Any, image: Any, label: int, path: figures.PathLike) -> Path:
+def plot_prediction(probability: Any, image: Any, label: int, path: figures.PathLike,
+                    class_names: Sequence[str] | None = None,
+                    image_shape: Sequence[int] | None = None) -> Path:
     """One sample (e.g. a misclassified one): the image next to its class probabilities."""
     probs, imgs, labs = _check_predictions(
         np.asarray(probability, dtype=np.float64).ravel()[None, :],
         np.asarray(image)[None, ...],
         [label],
+        image_shape,
     )
     fig, (ax_image, ax_bars) = plt.subplots(
         1, 2, figsize=(6.2, 3.2), gridspec_kw={"width_ratios": [1, 1.9], "wspace": 0.25}
     )
-    _draw_prediction(ax_image, ax_bars, probs[0], imgs[0], labs[0])
+    _draw_prediction(ax_image, ax_bars, probs[0], imgs[0], labs[0], class_names=class_names)
     fig.subplots_adjust(top=0.88, bottom=0.27)
     fig.legend(
         handles=_PREDICTION_LEGEND,
@@ -296,7 +329,8 @@ def plot_prediction(probability: Any, image: Any, label: int, path: figures.Path
 # --------------------------------------------------------------------------------------------
 @figures.locked
 def plot_misclassified_grid(
-    images: Any, true_labels: Any, predicted_labels: Any, path: figures.PathLike
+    images: Any, true_labels: Any, predicted_labels: Any, path: figures.PathLike,
+    class_names: Sequence[str] | None = None, image_shape: Sequence[int] | None = None,
 ) -> Path:
     """The first (up to) 32 misclassified images in a 4 x 8 grid, each titled ``true→predicted``.
 
@@ -314,15 +348,16 @@ def plot_misclassified_grid(
         )
     if k == 0:
         return figures.save(figures.message_figure("No misclassified images", title), path)
-    imgs = figures.as_images(arr)
+    imgs = figures.as_images(arr, image_shape)
     shown = min(k, figures.MAX_GRID_IMAGES)
     fig, axes = plt.subplots(figures.GRID_ROWS, figures.GRID_COLS, figsize=(12, 7))
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if i >= shown:
             continue
-        ax.imshow(imgs[i], cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_title(f"{int(true[i])}→{int(pred[i])}", fontsize=11)
+        figures.show_image(ax, imgs[i])
+        names = [figures.class_label(class_names, int(c), 9) for c in (true[i], pred[i])]
+        ax.set_title("→".join(names), fontsize=11 if class_names is None else 9)
     if k > shown:
         title += f" — first {shown} of {k}"
     fig.suptitle(title, fontsize=13)

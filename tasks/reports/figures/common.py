@@ -117,19 +117,50 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None
         raise ValueError(f"{what}: missing column(s) {missing}; have {list(df.columns)}")
 
 
-def as_images(images: Any) -> np.ndarray:
-    """``(n, 28, 28)`` or ``(n, 784)`` (any square size) -> float ``(n, h, w)`` in ``[0, 1]``.
+def as_images(images: Any, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Images for ``imshow``, float in ``[0, 1]``: ``(n, h, w)`` grey or ``(n, h, w, 3|4)``
+    colour. ``images``: ``(n, h, w[, c])``, or rows of features ``(n, d)`` reshaped to
+    ``shape`` (default: a square, as MNIST's 784 = 28 x 28).
 
-    Pixel values above 1 are taken to be 0..255 and divided by 255.
+    Values in [0, 1] are drawn as they are, values in 0..255 divided by 255, anything else
+    (standardized features) stretched to [0, 1] image by image.
     """
     arr = np.asarray(images, dtype=np.float64)
     if arr.ndim == 2:
-        side = math.isqrt(arr.shape[1])
-        if side * side != arr.shape[1]:
-            raise ValueError(f"images of shape {arr.shape}: expected (n, 28, 28) or (n, 784)")
-        arr = arr.reshape(len(arr), side, side)
-    if arr.ndim != 3:
-        raise ValueError(f"images of shape {arr.shape}: expected (n, 28, 28) or (n, 784)")
-    if arr.size and np.nanmax(arr) > 1.0:
+        if shape is None:
+            side = math.isqrt(arr.shape[1])
+            if side * side != arr.shape[1]:
+                raise ValueError(f"images of shape {arr.shape}: rows of {arr.shape[1]} values "
+                                 "are no square image; give the image shape")
+            shape = (side, side)
+        arr = arr.reshape(len(arr), *shape)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4))):
+        raise ValueError(f"images of shape {arr.shape}: expected (n, h, w) or (n, h, w, 3)")
+    if arr.size and (np.nanmin(arr) < 0.0 or np.nanmax(arr) > 255.0):
+        flat = arr.reshape(len(arr), -1)
+        low, high = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
+        span = np.where(high > low, high - low, 1.0)
+        arr = ((flat - low[:, None]) / span[:, None]).reshape(arr.shape)
+    elif arr.size and np.nanmax(arr) > 1.0:
         arr = arr / 255.0
     return arr
+
+
+def show_image(ax, image: np.ndarray, cmap: str = "gray") -> None:
+    """Draw one image of :func:`as_images` (grey with ``cmap``, colour as it is), no ticks."""
+    if image.ndim == 3:
+        ax.imshow(np.clip(image, 0.0, 1.0))
+    else:
+        ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def class_label(names: Sequence[str] | None, index: int, width: int = 14) -> str:
+    """A class as the figures show it: its name (cut to ``width``), else its number."""
+    if names is None or not 0 <= index < len(names):
+        return str(index)
+    name = str(names[index])
+    return name if len(name) <= width else name[:width - 1] + "…"
