@@ -18,11 +18,11 @@ from flows.grid import grid_search
 from flows.random_search import random_search
 from flows.train import baseline
 from tasks.cli import flow_main, run_cli, say
-from tasks.config import TrialConfig
+from tasks.config import TrialConfig, make_config
 from tasks.reports.exercise import check_report_failures, write_exercise_report_task
 from tasks.run_options import DrawSeed, Epochs, FanOut, RunOptions
 from tasks.search.best_of_n import StudyPlan, make_study_plan, study_configs
-from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, SearchSpace
+from tasks.search.space import DEFAULT_GRID, DEFAULT_RANDOM_SPACE, SearchSpace, make_space
 
 
 @flow(name="exercise")
@@ -55,13 +55,22 @@ def exercise(
 def check(kwargs: dict) -> None:
     """The study must fit the random space (before anything starts)."""
     study = kwargs.get("study", StudyPlan())
-    study_configs(study, DEFAULT_RANDOM_SPACE, kwargs.get("draw_seed", 0))
+    study_configs(study, kwargs.get("random_space", DEFAULT_RANDOM_SPACE),
+                  kwargs.get("draw_seed", 0))
 
 
 def main(argv: list[str] | None = None) -> str:
     return flow_main(exercise, "The whole exercise: baseline network, grid search (dropout x "
-                     "units) and the random-search best-of-N study, with one combined report.",
-                     argv, expand=("study", "run", "fan_out"), make={"study": make_study_plan},
+                     "units) and the random-search best-of-N study, with one combined report. "
+                     "Every default of the exercise is an option: the baseline's network "
+                     "(--baseline-...), the grid's axes (--grid-...), the random search's "
+                     "space (--random-...) and the study's plan.", argv,
+                     expand=("baseline_config", "grid", "random_space", "study", "run",
+                             "fan_out"),
+                     prefixes={"baseline_config": "baseline", "grid": "grid",
+                               "random_space": "random"},
+                     make={"baseline_config": make_config, "grid": make_space,
+                           "random_space": make_space, "study": make_study_plan},
                      check=check)
 
 

@@ -42,15 +42,17 @@ def check_inputs(kwargs: dict) -> None:
 def flow_main(flow, description: str, argv: list[str] | None = None,
               expand: tuple[str, ...] = (), make: dict | None = None,
               check: Callable[[dict], None] | None = None,
-              files: dict[str, Callable] | None = None):
+              files: dict[str, Callable] | None = None,
+              prefixes: dict[str, str] | None = None):
     """A flow's command line: options generated from its signature (:mod:`tasks.options`),
     every input checked (``check``: the flow's own cross-field rules), then the flow run
     with the project's Prefect settings (:data:`PREFECT_SETTINGS`). ``files``: expanded
-    models that can also be read from ``--NAME-file PATH`` by the given reader."""
+    models that can also be read from ``--NAME-file PATH`` by the given reader; ``prefixes``:
+    expanded models whose options carry a prefix (:func:`tasks.options.flow_parser`)."""
     from tasks.options import flow_arguments, flow_parser
 
     files = files or {}
-    parser = flow_parser(flow, description, expand, files=tuple(files))
+    parser = flow_parser(flow, description, expand, files=tuple(files), prefixes=prefixes)
     args = parser.parse_args(argv)
     quiet_logs(args.verbose)
     base = {name: read(getattr(args, f"{name}_file")) for name, read in files.items()

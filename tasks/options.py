@@ -119,12 +119,15 @@ def _model_parameters(flow) -> dict[str, tuple[type[BaseModel], bool, Any]]:
 
 
 def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
-                files: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+                files: tuple[str, ...] = (),
+                prefixes: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """An argparse parser for ``flow``: one option per plain parameter (its help: the
     description of its ``Annotated[..., Field(description=...)]``), one per field of the model
     parameters named in ``expand`` (grouped by their ``json_schema_extra`` group, else by
     model); each name in ``files`` also gets ``--NAME-file PATH`` (the model's fields from a
-    file; options given with it win)."""
+    file; options given with it win). ``prefixes``: expanded models whose options carry a
+    prefix, for a flow that takes two models with the same fields (the exercise's grid and
+    random space: ``--grid-units``, ``--random-units``)."""
     parser = argparse.ArgumentParser(description=description)
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     models = _model_parameters(flow)
@@ -156,8 +159,11 @@ def flow_parser(flow, description: str, expand: tuple[str, ...] = (),
                 call_default_factory=True)
             help_text = field.description or field_name.replace("_", " ")
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            option = _option(field_name)
+            if name in (prefixes or {}):
+                option = f"--{prefixes[name]}-{option[2:]}"
             group(extra.get("group", title)).add_argument(
-                _option(field_name), dest=f"{name}.{field_name}",
+                option, dest=f"{name}.{field_name}",
                 **_argparse_kwargs(hints_of(model)[field_name], value, help_text,
                                    _metavar(field_name, extra)))
     for name, parameter in inspect.signature(flow.fn).parameters.items():
