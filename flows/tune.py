@@ -59,11 +59,13 @@ Pruner = Annotated[PrunerName, Field(
 SamplerSeed = Annotated[Seed, Field(
     description="seed of the sampler (a resumed study continues from its own state)")]
 Objectives = Annotated[list[str], Field(
-    description=f"what the study optimizes: {', '.join(OBJECTIVES)} ({OBJECTIVES['params'].label}, "
-                "minimized); val_accuracy first; more than one makes a multi-objective study "
-                "whose Pareto front optuna-dashboard and the report show (no pruner then); "
-                f"not yet: {', '.join(NOT_RECORDED)} (not recorded). E.g. val_accuracy params "
-                "or val_accuracy,params")]
+    description="what the study optimizes: "
+                + ", ".join(f"{name} ({goal.label}, {goal.direction}d)"
+                            for name, goal in OBJECTIVES.items())
+                + "; val_accuracy first; more than one makes a multi-objective study whose "
+                "Pareto front optuna-dashboard and the report show (no pruner then)"
+                + (f"; not yet: {', '.join(NOT_RECORDED)} (not recorded)" if NOT_RECORDED
+                   else "") + ". E.g. val_accuracy latency or val_accuracy,params")]
 StudyName = Annotated[str, Field(
     description="the Optuna study: a tune with the same name resumes and extends it")]
 Storage = Annotated[str | None, Field(

@@ -116,3 +116,14 @@ def test_every_command_the_docs_show_parses_against_its_flow(page, flow, argumen
     monkeypatch.setattr(module, "flow_main", parse_only)
     module.main([a for a in arguments if a not in ("-h", "--help")])
     assert isinstance(parsed, dict)
+
+
+def test_the_deployments_page_maps_every_renamed_parameter_to_its_option():
+    from tasks.options import OPTION_NAMES
+
+    page = (PROJECT_ROOT / "docs" / "deployments.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)`[^|]*\| `--([a-z-]+)` \|", page, re.M)
+    assert dict(rows) == OPTION_NAMES
+    for parameter, prefix in (("baseline_config", "baseline"), ("grid", "grid"),
+                              ("random_space", "random")):
+        assert f"| `{parameter}.FIELD` (exercise) | `--{prefix}-FIELD` |" in page
