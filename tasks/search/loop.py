@@ -7,22 +7,25 @@ study are list proposers (:mod:`tasks.search.proposers`), the tune is Optuna's
 needs, once: size the task runner, keep up to ``workers`` trials in flight, never submit a
 config that is in flight or finished in this run (a repeat gets that trial's result), print
 one line per finished trial, keep a progress artifact, and count what was trained, came from
-the cache, was pruned or failed.
+the cache, was pruned or failed. What is in flight lives in one :class:`InFlight`; a limit
+(a budget) plugs in as an admission hook (:mod:`tasks.search.admission`).
 """
 
 from __future__ import annotations
 
+import functools
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tasks.config import TrialConfig
 from tasks.console import say
-from tasks.data.mnist import DataHandle
+from tasks.data.splits import DataHandle
 from tasks.errors import ServiceOutage
 from tasks.run_options import FanOut, RunOptions
-from tasks.search.spending import Spending, Verdict, minutes_text
+from tasks.search.admission import Admission, Verdict
+from tasks.search.progress import Progress
 from tasks.trial.faults import TRIAL_RETRIES, is_worker_loss
 from tasks.trial.pruning import TrialLink
 from tasks.trial.result import TrialResult, count_results, failed_result
@@ -79,29 +82,6 @@ class Proposer(Protocol):
         """An ask the loop will not train (the budget ended the search before it)."""
 
 
-def progress_line(result: TrialResult, done: int, total: int | None, note: str = "") -> str:
-    """One terminal line per finished trial (``total`` None: not known in advance, as with a
-    budget; ``note`` is added in brackets)."""
-    width = len(str(total))
-    head = (f"[{done:>{width}}/{total}]" if total is not None else f"[{done}]") + \
-        f" {result.config.label()}"
-    tail = f" [{note}]" if note else ""
-    return _progress_body(result, head) + tail
-
-
-def _progress_body(result: TrialResult, head: str) -> str:
-    if result.status == "failed":
-        return f"{head} -> FAILED: {result.error}"
-    if result.status == "pruned":
-        source = "cached" if result.cached else f"trained {result.train_seconds:.1f}s"
-        return (f"{head} -> pruned after epoch {len(result.history)}, val "
-                f"{result.val_accuracy:.4f} ({source})")
-    source = "cached" if result.cached else f"trained in {result.train_seconds:.1f}s"
-    return (
-        f"{head} -> val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} ({source})"
-    )
-
-
 def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
                 refresh: bool = False) -> tuple[str, int, str]:
     """(runner kind, workers, the terminal's line about them) for ``plan``: a list search is
@@ -131,18 +111,120 @@ def size_runner(plan: Plan, data: DataHandle, fan_out: FanOut, backend: str,
     return kind, workers, line
 
 
+class InFlight:
+    """What one run of the loop holds between asks: the trials in flight (future -> ask), the
+    results finished in this run (by config), repeats waiting for a config in flight, the asks
+    a lost worker held (submitted first on a fresh pool), the ask the admission hook deferred,
+    and whether it ended the search. ``told`` is called after each tell (:class:`Progress`)."""
+
+    def __init__(self, proposer: Proposer, admission: Admission | None,
+                 told: Callable[[TrialResult, int], None]):
+        self.proposer, self.admission, self.told = proposer, admission, told
+        self.futures: dict[Any, Ask] = {}
+        self.finished: dict[str, TrialResult] = {}
+        self.waiting: dict[str, list[Ask]] = {}
+        self.again: list[Ask] = []
+        self.losses: dict[str, int] = {}  # config -> times its worker was lost
+        self.deferred: Ask | None = None
+        self.stopped = False  # the admission hook ended the search: nothing more is asked
+        self.done = 0
+
+    def fill(self, workers: int, start: Callable[[Ask], Any]) -> None:
+        """Ask until ``workers`` trials are in flight, nothing more is to be asked, or the
+        admission hook says wait; ``start`` submits an ask and returns its future."""
+        while len(self.futures) < workers:
+            asked, gated = self.next_ask()
+            if asked is None:
+                return
+            if self.answered(asked):
+                continue
+            if gated and not self.admitted(asked):
+                return
+            self.futures[start(asked)] = asked
+
+    def next_ask(self) -> tuple[Ask | None, bool]:
+        """The next ask, and whether the admission hook must admit it (a retried one was
+        admitted)."""
+        if self.again:
+            return self.again.pop(0), False
+        if self.deferred is not None:
+            asked, self.deferred = self.deferred, None
+            return asked, True
+        return (None, False) if self.stopped else (self.proposer.ask(), True)
+
+    def answered(self, asked: Ask) -> bool:
+        """Whether ``asked`` needs no training: a config completed in this run is told its
+        result at once, one in flight waits for it (a repeat is never submitted)."""
+        name = asked.config.canonical_json()
+        earlier = self.finished.get(name)
+        if earlier is not None and earlier.status == "completed":
+            self.finish(asked, earlier.model_copy(update={"cached": True}))
+            return True
+        if name in {a.config.canonical_json() for a in self.futures.values()}:
+            self.waiting.setdefault(name, []).append(asked)
+            return True
+        return False
+
+    def admitted(self, asked: Ask) -> bool:
+        """Whether the admission hook lets ``asked`` start now (a config the search held is
+        not asked: nothing is spent on it). Not yet: deferred until a trial in flight is told;
+        never: withdrawn from the proposer, and the search asks nothing more."""
+        if self.admission is None or asked.known:
+            return True
+        verdict = self.admission.admit(asked.config)
+        if verdict is Verdict.WAIT:
+            self.deferred = asked
+            return False
+        if verdict is Verdict.STOP:
+            self.proposer.withdraw(asked)
+            self.stopped = True
+            return False
+        self.admission.started(asked.config)
+        return True
+
+    def settle(self, asked: Ask, result: TrialResult) -> None:
+        """A trial's result: kept for repeats, charged, told, and told to the repeats waiting
+        for it (as from the cache)."""
+        name = asked.config.canonical_json()
+        self.finished[name] = result
+        if self.admission is not None:
+            self.admission.charge(result)
+        self.finish(asked, result)
+        for repeat in self.waiting.pop(name, []):
+            self.finish(repeat, result.model_copy(update={"cached": True}))
+
+    def finish(self, asked: Ask, result: TrialResult) -> None:
+        self.proposer.tell(asked, result)
+        self.done += 1
+        self.told(result, self.done)
+
+    def requeue(self, held: list[Ask]) -> list[tuple[Ask, int]]:
+        """The asks a lost worker held, submitted first on the next pool; returns those lost
+        more than :data:`TRIAL_RETRIES` times (with their losses), which are not."""
+        retried, given_up = [], []
+        for asked in held:
+            name = asked.config.canonical_json()
+            self.losses[name] = self.losses.get(name, 0) + 1
+            if self.losses[name] > TRIAL_RETRIES:
+                given_up.append((asked, self.losses[name]))
+            else:
+                retried.append(asked)
+        self.again[:0] = retried
+        return given_up
+
+
 def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOptions(),
                fan_out: FanOut = FanOut(), refresh: bool = False,
-               spending: Spending | None = None) -> list[TrialResult]:
+               spending: Admission | None = None) -> list[TrialResult]:
     """Ask ``proposer`` for configs, train each as ``train_trial_task`` through the task runner
     ``fan_out`` names, tell it every result; return ``proposer.results()``.
 
     Must be called inside a flow. Never raises for a failed trial: it comes back with
     ``status="failed"``. ``refresh`` trains even what the cache holds (and stores the new
-    result). ``spending``: a budget of training minutes; no config starts that it cannot
-    finish (:mod:`tasks.search.spending`), and the search ends at the first that does not
-    fit with nothing in flight."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    result). ``spending``: the admission hook (:mod:`tasks.search.admission`), e.g. a budget
+    of training minutes: no config starts that it cannot finish
+    (:mod:`tasks.search.spending`), and the search ends at the first that does not fit with
+    nothing in flight."""
     from prefect.futures import as_completed
 
     from tasks.search.runners import make_task_runner
@@ -151,125 +233,63 @@ def run_trials(proposer: Proposer, data: DataHandle, run: RunOptions = RunOption
     say(proposer.describe())
     kind, workers, line = size_runner(plan, data, fan_out, run.backend, refresh)
     if spending is not None:
-        line = (f"Budget: {minutes_text(spending.minutes)} of training, {kind} x {workers}; "
-                f"no trial starts that the rest cannot finish")
+        line = spending.describe(f"{kind} x {workers}")
     if line:
         say(line)
-    total = plan.trials if spending is None else None
-    progress_id = create_progress_artifact(
-        0.0, key=f"{proposer.name}-progress",
-        description=(f"{total} trials finished, in percent" if total is not None else
-                     "training budget spent, in percent"))
+    progress = Progress(f"{proposer.name}-progress",
+                        plan.trials if spending is None else None, spending)
+    state = InFlight(proposer, spending, progress.told)
     trial_task = configured_task(refresh)
-    finished: dict[str, TrialResult] = {}
-    in_flight: dict[Any, Ask] = {}
-    running: set[str] = set()  # configs in flight
-    waiting: dict[str, list[Ask]] = {}  # repeats of a config in flight
-    again: list[Ask] = []  # trials a lost worker held, to submit first on a fresh pool
-    losses: dict[str, int] = {}  # config -> times its worker was lost
-    deferred: list[Ask] = []  # an ask the budget could not start yet (trials in flight)
-    stopped = False  # the budget ended the search: nothing more is asked
-    done = 0
-
-    def finish(asked: Ask, result: TrialResult) -> None:
-        nonlocal done
-        proposer.tell(asked, result)
-        done += 1
-        say(progress_line(result, done, total,
-                          spending.status() if spending is not None else ""))
-        share = (done / max(total, 1) if total is not None
-                 else spending.spent_seconds / spending.budget_seconds)
-        update_progress_artifact(progress_id, min(100.0, 100.0 * share))
-
-    def settle(asked: Ask, result: TrialResult) -> None:
-        name = asked.config.canonical_json()
-        running.discard(name)
-        finished[name] = result
-        if spending is not None:
-            spending.charge(result)
-        finish(asked, result)
-        for repeat in waiting.pop(name, []):
-            finish(repeat, result.model_copy(update={"cached": True}))
-
-    def next_ask() -> tuple[Ask | None, bool]:
-        """The next ask, and whether the budget must admit it (a retried one was admitted)."""
-        if again:
-            return again.pop(0), False
-        if deferred:
-            return deferred.pop(), True
-        return (None, False) if stopped else (proposer.ask(), True)
-
     while True:
         with make_task_runner(kind, workers, fan_out.dask_address) as pool:
-            def fill() -> None:
-                nonlocal stopped
-                while len(in_flight) < workers:
-                    asked, gated = next_ask()
-                    if asked is None:
-                        return
-                    name = asked.config.canonical_json()
-                    if name in finished and finished[name].status == "completed":
-                        finish(asked, finished[name].model_copy(update={"cached": True}))
-                    elif name in running:
-                        waiting.setdefault(name, []).append(asked)
-                    else:
-                        if gated and spending is not None and not asked.known:
-                            verdict = spending.admit(asked.config)
-                            if verdict is Verdict.WAIT:
-                                deferred.append(asked)
-                                return
-                            if verdict is Verdict.STOP:
-                                proposer.withdraw(asked)
-                                stopped = True
-                                return
-                            spending.started(asked.config)
-                        running.add(name)
-                        future = pool.submit(trial_task, parameters={
-                            "config": asked.config, "data": data, "backend": run.backend,
-                            "data_dir": run.data_dir, "link": asked.link})
-                        in_flight[future] = asked
-
-            fill()
+            start = functools.partial(submit, pool, trial_task, data, run)
+            state.fill(workers, start)
             lost: BaseException | None = None
-            while in_flight and lost is None:
-                future = next(as_completed(list(in_flight)))
+            while state.futures and lost is None:
+                future = next(as_completed(list(state.futures)))
                 lost = lost_worker(future)
                 if lost is None:
-                    asked = in_flight.pop(future)
-                    settle(asked, collect(future, asked.config, data, run.backend))
-                    fill()
+                    asked = state.futures.pop(future)
+                    state.settle(asked, collect(future, asked.config, data, run.backend))
+                    state.fill(workers, start)
         if lost is None:
             break
-        # a worker process died (the OOM killer, kill -9): the pool is gone with every trial
-        # it held; they are retried on a fresh pool, within the trial's retry budget
-        held = []
-        for future, asked in list(in_flight.items()):
-            wrapped = getattr(future, "wrapped_future", None)
-            if wrapped is not None and wrapped.done() and lost_worker(future) is None:
-                settle(asked, collect(future, asked.config, data, run.backend))  # it finished
-            else:
-                held.append(asked)
-        in_flight.clear()
-        running.difference_update(asked.config.canonical_json() for asked in held)
-        retried = []
-        for asked in held:
-            name = asked.config.canonical_json()
-            losses[name] = losses.get(name, 0) + 1
-            if losses[name] > TRIAL_RETRIES:
-                settle(asked, failed_result(asked.config, data, run.backend,
-                                            f"worker lost {losses[name]} times: {lost}"))
-            else:
-                retried.append(asked)
-        again[:0] = retried
-        say(f"worker lost ({describe_loss(lost)}); retrying {len(retried)} trial(s) on a "
-            f"fresh {kind} pool" + (f", {len(held) - len(retried)} failed after "
-                                     f"{TRIAL_RETRIES} retries" if len(retried) < len(held)
-                                     else ""))
+        retry_lost(state, lost, kind, data, run.backend)
     results = proposer.results()
     say(f"{proposer.title} done: {count_results(results).summary()}")
     if spending is not None:
-        say(spending.summary().line())
+        say(spending.closing_line())
     return results
+
+
+def submit(pool, trial_task, data: DataHandle, run: RunOptions, asked: Ask):
+    """Submit ``asked`` to ``pool`` as ``trial_task``; returns its future."""
+    return pool.submit(trial_task, parameters={
+        "config": asked.config, "data": data, "backend": run.backend,
+        "data_dir": run.data_dir, "link": asked.link})
+
+
+def retry_lost(state: InFlight, lost: BaseException, kind: str, data: DataHandle,
+               backend: str) -> None:
+    """A worker process died (the OOM killer, kill -9): the pool is gone with every trial it
+    held; they are retried on a fresh pool, within the trial's retry budget (a trial that
+    finished before the loss is told)."""
+    held = []
+    for future, asked in list(state.futures.items()):
+        wrapped = getattr(future, "wrapped_future", None)
+        if wrapped is not None and wrapped.done() and lost_worker(future) is None:
+            state.settle(asked, collect(future, asked.config, data, backend))  # it finished
+        else:
+            held.append(asked)
+    state.futures.clear()
+    given_up = state.requeue(held)
+    for asked, times in given_up:
+        state.settle(asked, failed_result(asked.config, data, backend,
+                                          f"worker lost {times} times: {lost}"))
+    retried = len(held) - len(given_up)
+    say(f"worker lost ({describe_loss(lost)}); retrying {retried} trial(s) on a "
+        f"fresh {kind} pool" + (f", {len(given_up)} failed after "
+                                 f"{TRIAL_RETRIES} retries" if given_up else ""))
 
 
 def lost_worker(future) -> BaseException | None:

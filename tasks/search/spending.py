@@ -39,10 +39,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 
 from tasks.config import TrialConfig, trial_key
 from tasks.durations import minutes_text, parse_budget
+from tasks.search.admission import Verdict
 from tasks.trial.result import TrialResult
 
 #: Seconds of training per unit of :meth:`TrialConfig.training_cost` before anything was
@@ -127,15 +127,10 @@ class CostModel:
         return "size model"
 
 
-class Verdict(Enum):
-    START = "start"  # it fits: train it
-    WAIT = "wait"  # it does not fit yet: wait for a trial in flight, then ask again
-    STOP = "stop"  # it does not fit and nothing is in flight: the search ends
-
-
 @dataclass
 class Spending:
-    """A budget of ``minutes`` of training being spent by one run (module doc).
+    """A budget of ``minutes`` of training being spent by one run (module doc): the loop's
+    admission hook (:class:`tasks.search.admission.Admission`).
 
     The loop asks :meth:`admit` before it starts a config, :meth:`started` when it does and
     :meth:`charge` when the trial is told; :meth:`summary` is the report's account."""
@@ -234,10 +229,23 @@ class Spending:
         self.bought += 1
         self.from_cache += bool(result.cached)
 
+    def describe(self, runner: str) -> str:
+        """The terminal's line before the first trial (``runner``: ``processes x 2``)."""
+        return (f"Budget: {minutes_text(self.minutes)} of training, {runner}; no trial starts "
+                "that the rest cannot finish")
+
     def status(self) -> str:
         """The terminal's note on a trial line: ``3.21 of 10 min of training spent``."""
         return (f"{minutes_text(self.spent_seconds / 60)} of {minutes_text(self.minutes)} of "
                 "training spent")
+
+    def share(self) -> float:
+        """The share of the budget spent (the progress artifact's)."""
+        return self.spent_seconds / self.budget_seconds
+
+    def closing_line(self) -> str:
+        """The terminal's line after the last trial: :meth:`summary`'s."""
+        return self.summary().line()
 
     def summary(self) -> BudgetSummary:
         return BudgetSummary(
