@@ -147,7 +147,6 @@ def _process_pool_runner_class():
         the run (:func:`shutdown_pool`)."""
 
         def cancel_all(self) -> None:
-            executor, self._executor = self._executor, None
             # the parent puts only the stop sentinel on the workers' message queue; a worker
             # killed while it wrote a log record there holds the queue's write lock for
             # ever, and joining the parent's feeder thread (now, or at exit) would wait on it
@@ -155,10 +154,15 @@ def _process_pool_runner_class():
             if queue is not None:
                 queue.cancel_join_thread()
             try:
-                if executor is not None:
-                    shutdown_pool(executor)
+                # trials still being handed to the pool (Prefect pickles and submits them from
+                # threads of its own) reach it first: a broken pool gives them its
+                # BrokenProcessPool, a worker loss, not an error about a pool already gone
+                if self._resolver_executor is not None:
+                    self._resolver_executor.shutdown(wait=True)
+                if self._executor is not None:
+                    shutdown_pool(self._executor)
             finally:
-                super().cancel_all()
+                super().cancel_all()  # its own shutdown(wait=True) has nothing left to wait for
 
     return ProcessRunner
 
