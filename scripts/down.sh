@@ -9,31 +9,42 @@
 # scripts/team-env.sh), in the reverse order: the process worker, the Dask workers, the Dask
 # scheduler, the Prefect server, Redis, PostgreSQL (a fast shutdown: open sessions are ended,
 # committed data is kept). Its state ($MNIST_TEAM_DIR: databases, secret, shared cache) is kept.
+# `scripts/down.sh --team SERVICE...` stops only those (worker, dask-workers, dask-scheduler,
+# server, redis, postgres): `scripts/down.sh --team redis && scripts/up.sh --team` restarts
+# Redis.
 set -uo pipefail
 # shellcheck source=scripts/procs.sh
 source "$(dirname "$0")/procs.sh"
 
 if [ "${1:-}" = "--team" ]; then
+  shift
   # shellcheck source=scripts/team-env.sh
   source "$(dirname "$0")/team-env.sh"
   RUN="$TEAM_RUN"
-  stop worker
-  for pidfile in "$RUN"/dask-worker-*.pid; do
-    [ -e "$pidfile" ] && stop "$(basename "$pidfile" .pid)"
+  services=("$@")
+  [ ${#services[@]} -gt 0 ] || services=(worker dask-workers dask-scheduler server redis postgres)
+  for service in "${services[@]}"; do
+    case "$service" in
+      worker | dask-scheduler | server | redis) stop "$service" ;;
+      dask-workers)
+        for pidfile in "$RUN"/dask-worker-*.pid; do
+          [ -e "$pidfile" ] && stop "$(basename "$pidfile" .pid)"
+        done ;;
+      postgres)
+        PGBIN="$(pg_bindir)"
+        if [ -n "$PGBIN" ] && as_pg test -f "$TEAM_PGDATA/postmaster.pid"; then
+          if as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" -m fast -w -t 60 stop >/dev/null; then
+            echo "postgres: stopped"
+          else
+            echo "postgres: pg_ctl stop failed; see $TEAM_PGLOG" >&2
+          fi
+        else
+          echo "postgres: not running"
+        fi ;;
+      *) echo "down.sh --team: unknown service '$service' (worker, dask-workers," \
+           "dask-scheduler, server, redis, postgres)" >&2; exit 2 ;;
+    esac
   done
-  stop dask-scheduler
-  stop server
-  stop redis
-  PGBIN="$(pg_bindir)"
-  if [ -n "$PGBIN" ] && [ -f "$TEAM_PGDATA/postmaster.pid" ]; then
-    if as_pg "$PGBIN/pg_ctl" -D "$TEAM_PGDATA" -m fast -w -t 60 stop >/dev/null; then
-      echo "postgres: stopped"
-    else
-      echo "postgres: pg_ctl stop failed; see $TEAM_PGLOG" >&2
-    fi
-  else
-    echo "postgres: not running"
-  fi
   exit 0
 fi
 

@@ -185,6 +185,8 @@ export PREFECT_CLIENT_MAX_RETRIES=7
 # restarted while the server was away failed its first trial with "RuntimeError: Failed to
 # reach API", and that ended the run. The stack's machines run one Prefect (docs/team.md).
 export PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED=false
+# ... and retries a 500 too: the server answers 500 while its PostgreSQL restarts
+export PREFECT_CLIENT_RETRY_EXTRA_CODES=500
 # Prefect's internal errors (an event it could not send while the server was away) go where
 # other records go, a command's log file, instead of straight to the terminal
 export PREFECT_LOGGING_LOGGERS_PREFECT_INTERNAL_PROPAGATE=true

@@ -73,11 +73,12 @@ class Settings(BaseModel):
         description="seconds a Redis trial lock outlives its holder's last renewal (renewed "
                     "every third of that): how long a key whose holder was killed or stalled "
                     "stays blocked; a run's value travels with its trials to the workers")
-    lock_outage: float = Field(
-        120.0, ge=0, json_schema_extra={"env": "PIPELINE_LOCK_OUTAGE"},
-        description="seconds the trials wait, retrying with backoff, for the locks' Redis to "
-                    "answer again (a restart) before the run stops with one line (a rerun "
-                    "resumes); a run's value travels with its trials to the workers")
+    outage: float = Field(
+        120.0, ge=0, json_schema_extra={"env": "PIPELINE_OUTAGE"},
+        description="seconds a run waits, retrying with backoff, for a team stack service "
+                    "that stopped answering (the trial locks' Redis, the Optuna storage's "
+                    "PostgreSQL: a restart) before it stops with one line (a rerun resumes); "
+                    "a run's value travels with its trials to the workers")
 
     @field_validator("faults", mode="before")
     @classmethod

@@ -137,7 +137,7 @@ def test_an_outage_past_the_bound_ends_in_one_clear_error(redis_server):
     message = str(raised.value)
     assert isinstance(raised.value, ServiceOutage) and "\n" not in message
     assert f"127.0.0.1:{redis_server.port}" in message and PASSWORD not in message
-    assert "PIPELINE_LOCK_OUTAGE" in message and "rerun" in message
+    assert "PIPELINE_OUTAGE" in message and "rerun" in message
 
 
 HOLDER = """

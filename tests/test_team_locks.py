@@ -31,7 +31,7 @@ def test_a_redis_url_gives_redis_leases_chosen_in_the_process_that_trains(monkey
 
     monkeypatch.setenv("PIPELINE_LOCKS", REDIS_URL)
     monkeypatch.delenv("PIPELINE_LOCK_LEASE", raising=False)
-    monkeypatch.delenv("PIPELINE_LOCK_OUTAGE", raising=False)
+    monkeypatch.delenv("PIPELINE_OUTAGE", raising=False)
     manager = TrialLockManager()
     # what a worker process receives: no connection, no choice made yet
     twin = pickle.loads(pickle.dumps(manager))
@@ -54,7 +54,7 @@ def test_a_redis_url_gives_redis_leases_chosen_in_the_process_that_trains(monkey
 
 
 def test_a_runs_lease_and_outage_bound_travel_with_its_trials(monkeypatch):
-    """A run that sets PIPELINE_LOCK_LEASE / PIPELINE_LOCK_OUTAGE gives them to the workers
+    """A run that sets PIPELINE_LOCK_LEASE / PIPELINE_OUTAGE gives them to the workers
     that train its trials (they started with their own environment); one that sets nothing
     leaves the workers' own."""
     pytest.importorskip("prefect_redis")
@@ -63,11 +63,11 @@ def test_a_runs_lease_and_outage_bound_travel_with_its_trials(monkeypatch):
     from tasks.trial.task import train_trial_task
 
     monkeypatch.setenv("PIPELINE_LOCK_LEASE", "4")
-    monkeypatch.setenv("PIPELINE_LOCK_OUTAGE", "3")
+    monkeypatch.setenv("PIPELINE_OUTAGE", "3")
     sent = cloudpickle.dumps(train_trial_task)  # in the submitting process
     monkeypatch.setenv("PIPELINE_LOCKS", REDIS_URL)  # the worker's environment
     monkeypatch.setenv("PIPELINE_LOCK_LEASE", "60")
-    monkeypatch.delenv("PIPELINE_LOCK_OUTAGE")
+    monkeypatch.delenv("PIPELINE_OUTAGE")
     worker = cloudpickle.loads(sent).cache_policy.lock_manager.manager
     assert (worker.lease, worker.outage) == (4.0, 3.0)
     monkeypatch.delenv("PIPELINE_LOCK_LEASE")
@@ -88,8 +88,8 @@ def test_the_locks_setting_takes_a_redis_url_or_nothing():
     assert Settings.from_environment({"PIPELINE_LOCK_LEASE": "5"}).lock_lease == 5
     with pytest.raises(UserError, match="PIPELINE_LOCK_LEASE"):
         Settings.from_environment({"PIPELINE_LOCK_LEASE": "0.5"})  # at least 1 s
-    with pytest.raises(UserError, match="PIPELINE_LOCK_OUTAGE"):
-        Settings.from_environment({"PIPELINE_LOCK_OUTAGE": "-1"})
+    with pytest.raises(UserError, match="PIPELINE_OUTAGE"):
+        Settings.from_environment({"PIPELINE_OUTAGE": "-1"})
 
 
 def test_the_storage_lock_is_a_file_lock_on_sqlite_an_advisory_lock_on_postgresql(

@@ -123,17 +123,20 @@ def advisory_lock(url: str) -> Iterator[None]:
     """PostgreSQL's session advisory lock :data:`ADVISORY_KEY` on ``url``'s database, on a
     connection of its own (closed after; a dead holder's session ends and frees it)."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
     from sqlalchemy.pool import NullPool
 
     engine = _engines.get(url)
     if engine is None:
-        engine = _engines[url] = create_engine(url, poolclass=NullPool)
+        engine = _engines[url] = wait_for_server(create_engine(url, poolclass=NullPool))
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_KEY})
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+            # a server restarted meanwhile ended the session, and the lock with it
+            with contextlib.suppress(OperationalError):
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
 
 
 def open_storage(url: str, **heartbeat: Any):
@@ -144,9 +147,33 @@ def open_storage(url: str, **heartbeat: Any):
 
     quiet_optuna()
     engine = ({"connect_args": {"timeout": SQLITE_TIMEOUT}} if sqlite_file(url) is not None
-              else None)
+              else {"pool_pre_ping": True})  # a restarted server: its connections renewed
     with storage_lock(url):
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+    wait_for_server(storage.engine)
+    return storage
+
+
+def wait_for_server(engine):
+    """``engine``'s new connections wait out a database server that refuses them (a restart
+    of the team stack's PostgreSQL): tried again with backoff for up to ``PIPELINE_OUTAGE`` s."""
+    from sqlalchemy import event
+
+    from tasks.settings import current
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect, record, cargs, cparams):
+        started, delay = time.monotonic(), 0.25
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if time.monotonic() - started >= current().outage:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    return engine
 
 
 def database_locked(error: BaseException) -> bool:

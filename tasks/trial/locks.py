@@ -26,7 +26,7 @@ below are the submitting run's when it sets them: they travel with its trials.
 Redis outages and lost leases (design "renewal that detects a lost lease", docs/team.md):
 
 * every Redis call of a trial waits out an outage with backoff (0.25 s doubling to 2 s), for
-  up to ``PIPELINE_LOCK_OUTAGE`` seconds (default 120) since Redis stopped answering; then it
+  up to ``PIPELINE_OUTAGE`` seconds (default 120) since Redis stopped answering; then it
   raises :class:`LockServiceDown`, and the run ends with that one line (the search loop ends a
   run on a :class:`tasks.errors.ServiceOutage`); finished trials are cached, a rerun resumes;
 * the holder's renewal finds out when its lease is gone (Redis restarted without it, or the
@@ -65,14 +65,14 @@ POLL_SECONDS = 0.2
 #: Seconds a Redis lock outlives its last renewal, by default (``PIPELINE_LOCK_LEASE``): how
 #: long a key whose holder was killed stays blocked. Its holder renews it every third of that.
 LEASE_SECONDS = 30.0
-#: Seconds a trial waits for an unreachable Redis, by default (``PIPELINE_LOCK_OUTAGE``).
+#: Seconds a trial waits for an unreachable Redis, by default (``PIPELINE_OUTAGE``).
 OUTAGE_SECONDS = 120.0
 #: The longest pause between two tries of an unreachable Redis (seconds).
 MAX_BACKOFF = 2.0
 
 
 class LockServiceDown(ServiceOutage):
-    """The trial locks' Redis did not answer for longer than ``PIPELINE_LOCK_OUTAGE``."""
+    """The trial locks' Redis did not answer for longer than ``PIPELINE_OUTAGE``."""
 
 
 class LeaseLost(TransientTrainingError):
@@ -281,7 +281,7 @@ class RedisLeaseLockManager:
 
     def down_message(self) -> str:
         return (f"the trial locks' Redis at {self.address} did not answer for {self.outage:g} "
-                "s (PIPELINE_LOCK_OUTAGE); finished trials are cached: once it is back "
+                "s (PIPELINE_OUTAGE); finished trials are cached: once it is back "
                 "(scripts/up.sh --team), rerun the same command to resume")
 
     def _call(self, call):
@@ -550,7 +550,7 @@ def ensure_lease(transaction: Any = None) -> None:
 #: The lock settings a run's trials carry to the processes that train them, when the run set
 #: them (its environment): a test, or a run that wants a shorter lease, needs no restart of the
 #: workers.
-RUN_LOCK_SETTINGS = ("lock_lease", "lock_outage")
+RUN_LOCK_SETTINGS = ("lock_lease", "outage")
 
 
 def run_lock_settings() -> dict[str, float]:
@@ -596,7 +596,7 @@ class TrialLockManager:
                     values = {name: getattr(settings, name) for name in RUN_LOCK_SETTINGS}
                     values.update(self.settings)
                     self._manager = redis_lease_lock_manager(
-                        url, lease=values["lock_lease"], outage=values["lock_outage"])
+                        url, lease=values["lock_lease"], outage=values["outage"])
                 else:
                     self._manager = FileLockManager(self.directory)
             return self._manager
