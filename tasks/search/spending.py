@@ -57,9 +57,10 @@ PACE_AFTER = 2
 PACE_LIMITS = (0.25, 4.0)
 
 
-def shape(config: TrialConfig) -> tuple[int, int, int]:
-    """What a trial's training time mostly depends on: units, batch size, epochs."""
-    return (config.units, config.batch_size, config.epochs)
+def shape(config: TrialConfig) -> tuple[int, int, int, int]:
+    """What a trial's training time mostly depends on: units, hidden layers, batch size,
+    epochs."""
+    return (config.units, config.layers, config.batch_size, config.epochs)
 
 
 def measured_seconds(result: TrialResult) -> float | None:
@@ -92,7 +93,7 @@ class CostModel:
     def __init__(self, results: Iterable[TrialResult], train_size: int):
         self.train_size = train_size
         self.known: dict[str, float] = {}
-        self.by_shape: dict[tuple[int, int, int], list[float]] = {}
+        self.by_shape: dict[tuple[int, int, int, int], list[float]] = {}
         self.rates: list[float] = []
         for result in results:
             self.observe(result)
@@ -147,7 +148,7 @@ class Spending:
     refused: tuple[str, float, str] | None = None  # (label, predicted s, source) that ended it
     paced: list[tuple[float, float]] = field(default_factory=list)  # (measured, predicted) s
     unscaled: dict[str, float] = field(default_factory=dict)  # key -> the model's prediction
-    run_shapes: dict[tuple[int, int, int], list[float]] = field(default_factory=dict)
+    run_shapes: dict[tuple[int, int, int, int], list[float]] = field(default_factory=dict)
 
     @property
     def budget_seconds(self) -> float:
