@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tasks.data.splits import DataHandle
+from tasks.search.optuna_bulk import add_trials
 from tasks.search.optuna_storage import IMPORTED_ATTR, frozen_trial
 from tasks.search.tune.objectives import objective_values
 from tasks.search.tune_space import TuneSpace
@@ -51,5 +52,5 @@ def add_missing(study, trials: list) -> int:
     have = held_keys(study)
     new = [t for t in trials if t.user_attrs.get("trial_key") not in have]
     if new:
-        study.add_trials(new)
+        add_trials(study, new)  # one transaction: the lock is held for a second, not a minute
     return len(new)
