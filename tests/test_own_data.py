@@ -352,3 +352,28 @@ def test_fashion_mnist_by_name_from_its_idx_files(tmp_path):
     classes = pd.read_parquet(folder / "classes.parquet")
     assert classes["name"].tolist() == list(info.class_names)
     assert classes["test images"].sum() == 8000 and classes["test accuracy"].mean() > 0.5
+
+
+def test_figures_stay_readable_with_many_named_classes(tmp_path, monkeypatch):
+    """100 classes: the confusion matrix labels every k-th class and writes no numbers; each
+    image's bars are the 11 most probable classes and the true one."""
+    from conftest import spy_figures
+
+    from tasks.reports.figures import baseline as plots
+
+    figures = spy_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    names = [f"species {i:03d}" for i in range(100)]
+    truth = rng.integers(0, 100, 500)
+    plots.plot_confusion(truth, (truth + rng.integers(0, 2, 500)) % 100,
+                         tmp_path / "confusion.png", names)
+    probabilities = rng.dirichlet(np.ones(100), 3)
+    plots.plot_predictions(probabilities, rng.random((3, 8, 8, 3)), [5, 50, 99],
+                           tmp_path / "first.png", "First 3", names, (8, 8, 3))
+    confusion, first = figures[0][1], figures[1][1]
+    ax = confusion.axes[0]
+    assert len(ax.texts) == 0 and len(ax.get_xticklabels()) == 34  # every 3rd of 100
+    bars = [a for a in first.axes if a.get_title().startswith("true")]
+    for ax, true in zip(bars, ["species 005", "species 050", "species 099"], strict=True):
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert len(labels) in (11, 12) and true in labels  # the true class is always shown

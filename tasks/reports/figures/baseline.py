@@ -231,6 +231,14 @@ def _draw_prediction(
     )
 
 
+def _bar_label_space(class_names: Sequence[str] | None) -> float:
+    """Room between an image and its bars for the classes' labels (numbers, or names)."""
+    if not class_names:
+        return 0.25
+    longest = max(len(figures.class_label(class_names, i)) for i in range(len(class_names)))
+    return min(0.9, 0.25 + 0.05 * longest)
+
+
 def _check_predictions(
     probabilities: Any, images: Any, labels: Any, image_shape: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,7 +277,7 @@ def plot_predictions(
         n_rows,
         2 * pairs_per_row,
         width_ratios=[1, 1.9] * pairs_per_row,
-        wspace=0.25,
+        wspace=_bar_label_space(class_names),
         hspace=0.55,
     )
     for k in range(n_rows * pairs_per_row):
@@ -309,7 +317,8 @@ def plot_prediction(probability: Any, image: Any, label: int, path: figures.Path
         image_shape,
     )
     fig, (ax_image, ax_bars) = plt.subplots(
-        1, 2, figsize=(6.2, 3.2), gridspec_kw={"width_ratios": [1, 1.9], "wspace": 0.25}
+        1, 2, figsize=(6.2, 3.2),
+        gridspec_kw={"width_ratios": [1, 1.9], "wspace": _bar_label_space(class_names)}
     )
     _draw_prediction(ax_image, ax_bars, probs[0], imgs[0], labs[0], class_names=class_names)
     fig.subplots_adjust(top=0.88, bottom=0.27)
@@ -356,8 +365,8 @@ def plot_misclassified_grid(
         if i >= shown:
             continue
         figures.show_image(ax, imgs[i])
-        names = [figures.class_label(class_names, int(c), 9) for c in (true[i], pred[i])]
-        ax.set_title("→".join(names), fontsize=11 if class_names is None else 9)
+        names = [figures.class_label(class_names, int(c), 11) for c in (true[i], pred[i])]
+        ax.set_title("→".join(names), fontsize=11 if class_names is None else 8)
     if k > shown:
         title += f" — first {shown} of {k}"
     fig.suptitle(title, fontsize=13)
