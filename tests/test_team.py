@@ -21,6 +21,8 @@ h. the Prefect server away longer than the clients' retry budget (lowered to 2 r
 i. the Dask worker that holds a trial's lease stopped (SIGSTOP) for longer than the lease (3 s
    for the test), then continued, in the middle of two grids over the same cells: no trial
    fails, each cell is trained once;
+k. a run stalled past its lease until another run took the key: it stops its training, and
+   its retry takes the other run's result (the cell trained once);
 j. every port the stack's own processes listen on is on ``MNIST_TEAM_HOST``; a service whose
    process was just killed is started again by ``scripts/up.sh --team``.
 
@@ -796,6 +798,50 @@ def test_a_worker_stalled_past_its_lease_then_continued(stack, mnist_big, tmp_pa
           f"{sorted(trained.values())}; leases that lapsed and were taken again: "
           f"{said.count('had lapsed')}, lost to another run: {said.count('was lost to')}")
     assert len(trained) == 4 and set(trained.values()) == {1}, trained
+
+
+def test_a_run_stalled_past_its_lease_stops_and_takes_the_result_of_the_run_that_took_it(
+        stack, mnist_big, tmp_path):
+    """Two grids of the same cell training in their own processes (threads), with the team's
+    Redis locks and a 3-s lease: the holder stopped (SIGSTOP) until the waiting run has taken
+    the lapsed lease, then continued: its renewal finds the lease another's, the training
+    stops at its next epoch (LeaseLost, retried), and the retry takes the other run's result
+    from the cache. The cell is trained once."""
+    command = [sys.executable, "flows/grid.py", "--data", str(mnist_big), "--units", "256",
+               "--dropout", "0.1", "--batch-size", "16", "--epochs", "12",
+               "--train-samples", "4000", "--train-seed", seed(10), "--runner", "threads"]
+    runs = []
+    for i in (1, 2):
+        runs.append(Run([*command, "--reports-dir", str(tmp_path / f"reports{i}")],
+                        stack.client_env(tmp_path / f"client{i}", PIPELINE_LOCK_LEASE="3")))
+        if i == 1:
+            [lease] = wait_for(stack.leases, 300, "the first run's lease")
+            holder = stack.redis().get(lease)
+
+    def sets():
+        return stack.redis().info("commandstats")["cmdstat_set"]["calls"]
+
+    def second_run_waits():  # it tries to take the lease every 0.2 s
+        before = sets()
+        time.sleep(1)
+        return sets() - before >= 3
+
+    wait_for(second_run_waits, 300, "the second run waiting for the lease")
+    os.kill(runs[0].process.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: stack.redis().get(lease) not in (None, holder), 60,
+                 "the second run taking the lapsed lease")
+    finally:
+        os.kill(runs[0].process.pid, signal.SIGCONT)
+    for run in runs:
+        assert run.wait() == 0, run.output[-3000:]
+        assert_clean(run)
+    first, second = (list(run.results().values()) for run in runs)
+    log = "".join(path.read_text() for path in (tmp_path / "client1" / "logs").glob("*.log"))
+    print(f"\n(k) the stalled run: {first}, the run that took its lease: {second}; "
+          f"LeaseLost in the stalled run's log: {log.count('LeaseLost')}")
+    assert first == ["cached"] and second == ["trained"]
+    assert "was lost to another holder" in log and "LeaseLost" in log
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 here on a free port, as the team stack runs it: a password, the append-only file), through
 restarts and stalls (tasks.trial.locks):
 
+* a lease renewed while its holder lives, free within the lease once it is killed;
 * Redis restarted while a lease is held and another run waits: both wait it out, the lease
   survives (append-only file), the waiter gets the key once it is released;
 * Redis away longer than the outage bound: one clear error, ``LockServiceDown``;
@@ -138,6 +139,39 @@ def test_an_outage_past_the_bound_ends_in_one_clear_error(redis_server):
     assert isinstance(raised.value, ServiceOutage) and "\n" not in message
     assert f"127.0.0.1:{redis_server.port}" in message and PASSWORD not in message
     assert "PIPELINE_OUTAGE" in message and "rerun" in message
+
+
+KILLED_HOLDER = """
+import sys, time
+from tasks.trial.locks import RedisLeaseLockManager
+locks = RedisLeaseLockManager(sys.argv[1], lease=float(sys.argv[2]))
+assert locks.acquire_lock("k", "killed holder")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lease_is_renewed_while_held_and_free_within_the_lease_once_its_holder_is_killed(
+        redis_server):
+    lease = 2.0
+    holder = subprocess.Popen([sys.executable, "-c", KILLED_HOLDER, redis_server.url,
+                               str(lease)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiting = manager(redis_server.url, lease=lease)
+        # renewed by its live holder: still held after more than two leases
+        assert not waiting.acquire_lock("k", "waiting run", acquire_timeout=5)
+        os.kill(holder.pid, signal.SIGKILL)  # kill -9: nothing released
+        killed = time.monotonic()
+        assert waiting.acquire_lock("k", "waiting run", acquire_timeout=30)
+        took = time.monotonic() - killed
+        assert took <= lease + 1.5, took  # free once the lease ran out, not for ever
+        waiting.release_lock("k", "waiting run")
+        assert not waiting.is_locked("k")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 HOLDER = """
