@@ -42,7 +42,7 @@ from tasks.search.optuna_storage import (
     storage_lock,
     storage_url,
 )
-from tasks.search.space import SEARCH_FIELDS
+from tasks.search.space import SEARCH_FIELDS, shown_fields
 from tasks.trial.result import TrialResult
 
 #: Fewest finished trials for the importance and parallel-coordinates figures.
@@ -105,10 +105,10 @@ def export_run(name: str, results: Sequence[TrialResult], values: dict[str, list
     quiet_optuna()
     url = storage_url(storage)
     distinct = list({r.trial_key: r for r in results}.values())
-    distributions = {
-        field: export_distribution([*values[field],
-                                    *(getattr(r.config, field) for r in distinct)])
-        for field in SEARCH_FIELDS if field in values}
+    taken = {field: [*values[field], *(getattr(r.config, field) for r in distinct)]
+             for field in SEARCH_FIELDS if field in values}
+    # a quiet field left at its default (one hidden layer) is no parameter of the study
+    distributions = {field: export_distribution(taken[field]) for field in shown_fields(taken)}
 
     def replace():
         # under the storage's lock: a new storage is created once, and runs exporting at the

@@ -28,7 +28,8 @@ def shown_fields(values: dict[str, list]) -> list[str]:
     """The search fields of ``values`` (field -> values searched) worth showing: all but a
     quiet field that holds only its default."""
     return [name for name in SEARCH_FIELDS if name in values
-            and not (name in QUIET_FIELDS and list(values[name]) == [QUIET_FIELDS[name]])]
+            and not (name in QUIET_FIELDS
+                     and list(dict.fromkeys(values[name])) == [QUIET_FIELDS[name]])]
 
 
 class SearchSpace(BaseModel):
