@@ -332,6 +332,7 @@ def test_a_grid_searches_depth_and_reports_it(mnist_file, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Fashion-MNIST from its Debian package (CI installs it)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # real data: the end-to-end suite
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed: apt-get install "
                                                  "dataset-fashion-mnist (.ci/run does)")
 @pytest.mark.usefixtures("prefect_harness")

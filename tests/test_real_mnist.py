@@ -1,4 +1,5 @@
-"""End-to-end checks on the real MNIST file (MNIST_PATH; CI sets it and requires it)."""
+"""Checks on the real MNIST file (MNIST_PATH; CI sets it and requires it): the file itself in
+the fast suite, flows on it in the end-to-end suite."""
 
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def test_real_file_loads_validates_and_splits(real_mnist, tmp_path):
     assert np.array_equal(splits.y_test, arrays["y_test"][:8000])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_baseline_and_grid_on_real_data(real_mnist, tmp_path):
     from flows.grid import grid_search
