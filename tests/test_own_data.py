@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import synthetic_mnist, write_npz
 
@@ -172,6 +174,15 @@ def test_a_parquet_table_maps_string_labels_and_standardizes_with_the_training_s
         assert len(match) == 1 and frame["label"][match[0]] == labels[label]
 
 
+def test_a_tables_categorical_labels_are_their_values(tmp_path):
+    path = table(tmp_path / "c.parquet")
+    frame = pd.read_parquet(path)
+    frame["label"] = frame["label"].astype("category")
+    frame.to_parquet(path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("label").type)
+    assert check_data(path).class_names == ("bird", "cat", "dog")
+
+
 def test_a_tables_split_column_and_another_label_column(tmp_path):
     rows = 60
     split = np.array(["train"] * 40 + ["validation"] * 8 + ["test"] * 12)
@@ -231,7 +242,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "absent class": ([str(absent_path)], f"error: {absent_path}: class(es) '3' absent from "
                                              "the training split; every class needs training "
                                              "rows"),
-        "NaN": ([str(nan)], f"error: {nan}: x_train has 1 NaN or infinite values"),
+        "NaN": ([str(nan)], f"error: {nan}: 1 NaN or infinite values in the feature "
+                            "column(s) weight"),
         "one class": ([str(one)], f"error: {one}: only one class (cat); a classifier needs at "
                                   "least two"),
         "text column": ([str(text)], f"error: {text}: non-numeric feature columns: colour "

@@ -87,6 +87,11 @@ def validate(raw: RawData) -> None:
                             "pixels or numeric features)")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int(np.size(x) - np.isfinite(x).sum())
+            if raw.feature_names:  # a table: name its columns
+                columns = np.flatnonzero(~np.isfinite(x).all(axis=0))
+                shown = ", ".join(raw.feature_names[c] for c in columns[:5])
+                raise DataError(f"{source}: {bad} NaN or infinite values in the feature "
+                                f"column(s) {shown}")
             raise DataError(f"{source}: x_{part} has {bad} NaN or infinite values")
         if not (np.issubdtype(y.dtype, np.integer) or y.dtype.kind in "US"):
             raise DataError(f"{source}: y_{part} has dtype {y.dtype}; expected integer or "
@@ -121,7 +126,8 @@ def encode_labels(raw: RawData) -> tuple[dict[str, np.ndarray], tuple[str, ...]]
 
 
 def _shown(label) -> str:
-    return str(label.item() if hasattr(label, "item") else label)
+    value = label.item() if hasattr(label, "item") else label
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def check_every_class_trains(labels: np.ndarray, names: tuple[str, ...], source: str) -> None:

@@ -321,7 +321,9 @@ def read_parquet(path: Path, label: str = "label") -> RawData:
                         "must be numbers (encode or drop those columns)")
     x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
                          for c in features])
-    labels = table.column(label)
+    labels = table.column(label).combine_chunks()
+    if pa.types.is_dictionary(labels.type):  # a categorical column: its values
+        labels = labels.dictionary_decode()
     if labels.null_count:
         raise DataError(f"{path}: the label column {label!r} has {labels.null_count} missing "
                         "values")
