@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import math
 import threading
 import time
@@ -128,7 +129,8 @@ def advisory_lock(url: str) -> Iterator[None]:
 
     engine = _engines.get(url)
     if engine is None:
-        engine = _engines[url] = wait_for_server(create_engine(url, poolclass=NullPool))
+        wait_for_servers()
+        engine = _engines[url] = create_engine(url, poolclass=NullPool)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_KEY})
         try:
@@ -148,32 +150,33 @@ def open_storage(url: str, **heartbeat: Any):
     quiet_optuna()
     engine = ({"connect_args": {"timeout": SQLITE_TIMEOUT}} if sqlite_file(url) is not None
               else {"pool_pre_ping": True})  # a restarted server: its connections renewed
+    wait_for_servers()
     with storage_lock(url):
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
-    wait_for_server(storage.engine)
-    return storage
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
 
 
-def wait_for_server(engine):
-    """``engine``'s new connections wait out a database server that refuses them (a restart
-    of the team stack's PostgreSQL): tried again with backoff for up to ``PIPELINE_OUTAGE`` s."""
+@functools.cache
+def wait_for_servers() -> None:
+    """From now on, this process's new PostgreSQL connections wait out a server that refuses
+    them (a restart of the team stack's PostgreSQL): tried again with backoff for up to
+    ``PIPELINE_OUTAGE`` s (every engine: Optuna's RDBStorage makes its own)."""
     from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
     from tasks.settings import current
 
-    @event.listens_for(engine, "do_connect")
+    @event.listens_for(Engine, "do_connect")
     def connect(dialect, record, cargs, cparams):
         started, delay = time.monotonic(), 0.25
         while True:
             try:
                 return dialect.connect(*cargs, **cparams)
             except dialect.loaded_dbapi.OperationalError:
-                if time.monotonic() - started >= current().outage:
+                if (dialect.name != "postgresql"
+                        or time.monotonic() - started >= current().outage):
                     raise
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
-
-    return engine
 
 
 def database_locked(error: BaseException) -> bool:

@@ -32,13 +32,13 @@ class Heartbeats:
         self.thread: threading.Thread | None = None
 
     def hold(self, number: int, trial_id: int, params: dict[str, Any]) -> None:
-        self.storage.record_heartbeat(trial_id)
-        with self.guard:
+        with self.guard:  # held first: if the storage fails below, the tune's exit fails it
             self.held[number] = (trial_id, params)
             if self.thread is None:
                 self.thread = threading.Thread(target=self.beat, name="optuna-heartbeats",
                                                daemon=True)
                 self.thread.start()
+        self.storage.record_heartbeat(trial_id)
 
     def release(self, number: int) -> None:
         with self.guard:

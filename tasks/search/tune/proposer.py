@@ -7,6 +7,7 @@ counts, how tunes of one study overlap and how a dead one's trials come back are
 from __future__ import annotations
 
 import atexit
+import contextlib
 import weakref
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ from tasks.search.tune.heartbeats import (
     Heartbeats,
 )
 from tasks.search.tune.objectives import check_objectives, objective_values
-from tasks.search.tune.recovery import ask_again, fail_trial, recover
+from tasks.search.tune.recovery import ask_again, fail_trial, fail_unsampled, recover
 from tasks.search.tune.samplers import make_sampler
 from tasks.search.tune.study import count_start, open_study
 from tasks.search.tune.warm_start import add_missing, held_keys, warm_start_trials
@@ -159,8 +160,13 @@ class TuneProposer:
         """The study's next trial, held (heartbeats), under the storage's lock."""
         with storage_lock(self.url):  # one ask at a time: an enqueued trial is popped once
             recover(self.study, self.storage, self.study_id, self.grace_period)
-            trial = self.study.ask(self.space.distributions())
-            trial_id = self.trial_id(trial.number)
+            try:
+                trial = self.study.ask(self.space.distributions())
+            except Exception:  # a restart mid-ask: not the half-made trial left running
+                with contextlib.suppress(Exception):
+                    fail_unsampled(self.study, self.storage, self.study_id)
+                raise
+            trial_id = trial._trial_id  # no storage call before it is held (a restart)
             self.heartbeats.hold(trial.number, trial_id, dict(trial.params))
             self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR,
                                                self.heartbeats.interval)

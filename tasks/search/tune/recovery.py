@@ -40,3 +40,13 @@ def recover(study, storage, study_id: int, grace_period: int) -> None:
                 and trial.datetime_start < oldest and fail_trial(storage, study_id,
                                                                  trial.number):
             ask_again(study, trial)
+
+
+def fail_unsampled(study, storage, study_id: int) -> None:
+    """Fail the running trials that have no parameters and were never held (no heartbeat):
+    an ask that failed half-way (its database restarting) created them."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not trial.params and HEARTBEAT_ATTR not in trial.system_attrs:
+            fail_trial(storage, study_id, trial.number)
