@@ -130,13 +130,23 @@ def shutdown_pool(executor, grace: float = POOL_SHUTDOWN_GRACE) -> list[int]:
         if process.is_alive():
             process.kill()
     manager.join(5.0)
-    logger = logging.getLogger(__name__)
-    logger.info("process pool: %d worker(s) still alive %.0f s after the pool's shutdown "
-                "began were terminated (pids %s)", len(stuck), grace,
-                ", ".join(str(p.pid) for p in stuck))
+    _run_log(logging.INFO, f"process pool: {len(stuck)} worker(s) still alive {grace:g} s after "
+             "the pool's shutdown began were terminated (pids "
+             f"{', '.join(str(p.pid) for p in stuck)})")
     if manager.is_alive():  # pragma: no cover (nothing left for it to wait for)
-        logger.warning("process pool: its manager thread did not end")
+        _run_log(logging.WARNING, "process pool: its manager thread did not end")
     return [p.pid for p in stuck]
+
+
+def _run_log(level: int, message: str) -> None:
+    """To the flow run's log (the log file and the UI), else this module's logger."""
+    try:
+        from prefect import get_run_logger
+
+        logger = get_run_logger()
+    except Exception:  # outside a run
+        logger = logging.getLogger(__name__)
+    logger.log(level, message)
 
 
 def _process_pool_runner_class():
