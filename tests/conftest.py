@@ -133,11 +133,12 @@ def module_storage(request, tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The team stack's tests skip, with the reason, unless ``MNIST_TEAM_TESTS=1``."""
-    if os.environ.get(TEAM_TESTS) == "1":
-        return
+    """The team stack's tests skip, with the reason, unless ``MNIST_TEAM_TESTS=1``; they run
+    one after the other on one stack, so under pytest-xdist (``--dist loadgroup``) they are
+    one group, on one worker, while the other end-to-end tests run beside them."""
+    run = os.environ.get(TEAM_TESTS) == "1"
     skip = pytest.mark.skip(reason=f"team stack tests: set {TEAM_TESTS}=1 and start the "
                                    "stack (scripts/up.sh --team); .ci/run does both")
     for item in items:
         if "team" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.xdist_group("team") if run else skip)

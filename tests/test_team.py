@@ -182,7 +182,7 @@ class Stack:
         from distributed import Client
 
         def state(dask_worker):
-            locks = sys.modules.get("tasks.trial.locks")
+            locks = sys.modules.get("tasks.trial.leases")
             managers = list(locks._MANAGERS.values()) if locks is not None else []
             return {"pid": os.getpid(), "executing": len(dask_worker.state.executing),
                     "leases": [key for manager in managers for key in list(manager._leases)]}

@@ -1,6 +1,6 @@
 """The trial locks' Redis leases against a real Redis of their own (a ``redis-server`` started
 here on a free port, as the team stack runs it: a password, the append-only file), through
-restarts and stalls (tasks.trial.locks):
+restarts and stalls (tasks.trial.leases):
 
 * a lease renewed while its holder lives, free within the lease once it is killed;
 * Redis restarted while a lease is held and another run waits: both wait it out, the lease
@@ -96,7 +96,7 @@ def redis_server(tmp_path):
 
 
 def manager(url: str, lease: float = 30.0, outage: float = 120.0):
-    from tasks.trial.locks import RedisLeaseLockManager
+    from tasks.trial.leases import RedisLeaseLockManager
 
     return RedisLeaseLockManager(url, lease=lease, outage=outage)  # its own, not the process's
 
@@ -112,7 +112,7 @@ def test_a_redis_restart_is_waited_out_and_the_lease_survives_it(redis_server):
     redis_server.stop()
     time.sleep(3)  # away 3 s: both sides retry meanwhile
     redis_server.start()
-    from tasks.trial.locks import HELD
+    from tasks.trial.leases import HELD
 
     assert holder.confirm("k", "holder") == HELD  # the lease came back from the file
     assert thread.is_alive() and not got  # the waiter still waits, no error
@@ -126,7 +126,7 @@ def test_a_redis_restart_is_waited_out_and_the_lease_survives_it(redis_server):
 
 def test_an_outage_past_the_bound_ends_in_one_clear_error(redis_server):
     from tasks.errors import ServiceOutage
-    from tasks.trial.locks import LockServiceDown
+    from tasks.trial.leases import LockServiceDown
 
     locks = manager(redis_server.url, outage=1.5)
     redis_server.stop()
@@ -143,7 +143,7 @@ def test_an_outage_past_the_bound_ends_in_one_clear_error(redis_server):
 
 KILLED_HOLDER = """
 import sys, time
-from tasks.trial.locks import RedisLeaseLockManager
+from tasks.trial.leases import RedisLeaseLockManager
 locks = RedisLeaseLockManager(sys.argv[1], lease=float(sys.argv[2]))
 assert locks.acquire_lock("k", "killed holder")
 print("held", flush=True)
@@ -176,7 +176,7 @@ def test_a_lease_is_renewed_while_held_and_free_within_the_lease_once_its_holder
 
 HOLDER = """
 import sys, time
-from tasks.trial.locks import RedisLeaseLockManager
+from tasks.trial.leases import RedisLeaseLockManager
 locks = RedisLeaseLockManager(sys.argv[1], lease=float(sys.argv[2]))
 assert locks.acquire_lock("k", "stalled holder")
 print("held", flush=True)
@@ -210,7 +210,7 @@ def test_a_lease_redis_lost_is_taken_back_and_counts_only_if_nobody_stored_the_r
         redis_server):
     from prefect.transactions import IsolationLevel
 
-    from tasks.trial.locks import RETAKEN, LeaseLost, ensure_lease
+    from tasks.trial.leases import RETAKEN, LeaseLost, ensure_lease
 
     locks = manager(redis_server.url, lease=3)
     stored: set[str] = set()
@@ -238,7 +238,7 @@ def test_a_lease_another_run_holds_stops_the_trial_at_its_next_epoch(redis_serve
                                                                      monkeypatch):
     from prefect.transactions import IsolationLevel
 
-    from tasks.trial import locks as lock_module
+    from tasks.trial import leases as lock_module
 
     locks = manager(redis_server.url, lease=3)
     transaction = SimpleNamespace(

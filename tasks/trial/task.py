@@ -29,7 +29,8 @@ from tasks.trial.faults import (
     retry_only_transient,
 )
 from tasks.trial.latency import measure_weights
-from tasks.trial.locks import TrialLockManager, ensure_lease, stop_if_lease_lost
+from tasks.trial.leases import ensure_lease, stop_if_lease_lost
+from tasks.trial.locks import TrialLockManager
 from tasks.trial.pruning import (
     TrialLink,
     epoch_reporter,
