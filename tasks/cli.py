@@ -118,6 +118,8 @@ def quiet_logs(verbose: bool) -> Path | None:
         override(tf_logs=True)
         return None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # a log handler that fails (Prefect's sender, with its server away) stays off the terminal
+    logging.raiseExceptions = False
     # worker processes started from here: their Prefect records go to the UI only
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -236,5 +238,25 @@ def unexpected(error: BaseException) -> int:
     else:
         logging.getLogger("tasks.cli").error("the run failed", exc_info=error)
     line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    outage = server_outage(error)
+    if outage:
+        print(f"error: {outage} ({type(error).__name__}: {line}); finished trials are cached: "
+              f"rerun the same command once it is back{_details()}", file=sys.stderr)
+        return 1
     print(f"error: {type(error).__name__}: {line}{_details()}", file=sys.stderr)
     return 1
+
+
+def server_outage(error: BaseException) -> str | None:
+    """Which server a run lost, in words, when ``error`` says it could not reach Prefect's
+    API (a refused or timed-out connection, Prefect's "Failed to reach API"); else None."""
+    import httpx
+
+    text = str(error)
+    if isinstance(error, httpx.TransportError) or "Failed to reach API" in text:
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        return (f"the Prefect server {url} stopped answering" if url
+                else "Prefect's temporary server stopped answering")
+    return None

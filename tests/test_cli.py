@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,20 @@ def test_a_study_option_without_study_is_an_error_not_ignored(capsys, reports, m
     err = fails(random_search.main, ["--n", "2", "4", "--data", str(mnist_file)], capsys,
                 reports)
     assert err == "error: --n belongs to --study: add --study"
+
+
+def test_a_lost_prefect_server_is_named_in_the_one_line(capsys, monkeypatch):
+    import httpx
+
+    from tasks import cli
+
+    monkeypatch.setattr(cli, "_log_path", Path("/tmp/run.log"))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4300/api"}):
+        code = cli.unexpected(httpx.ConnectError("[Errno 111] Connection refused"))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: the Prefect server http://127.0.0.1:4300/api stopped "
+                          "answering (ConnectError: [Errno 111] Connection refused); finished "
+                          "trials are cached: rerun the same command once it is back")
