@@ -206,3 +206,24 @@ def test_a_failing_report_step_keeps_the_results_and_names_the_step(tmp_path, mo
     spy_figures(monkeypatch)
     again, _, _ = run_study(StudyPlan(n_values=[10, 20], pool_size=40), tmp_path)
     assert (again / "best_of_n.png").is_file() and not (again / "REPORT_FAILED.txt").exists()
+
+
+def test_a_report_folder_a_killed_run_left_half_written_is_removed_by_the_next_run(tmp_path):
+    """A run killed mid-report leaves its hidden staging folder; the next report removes it,
+    but never a live run's."""
+    import subprocess
+    import sys
+
+    from tasks.reports.folder import RunFolder, staging_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = tmp_path / f"{staging_prefix(int(dead))}grid-20261206-010101-abcd"
+    live = tmp_path / f"{staging_prefix()}grid-20261206-020202-ef01"
+    for folder in (abandoned, live):
+        folder.mkdir()
+        (folder / "trials.parquet").write_bytes(b"half")
+    with RunFolder(tmp_path, "grid") as run:
+        (run.path / "report.md").write_text("done\n")
+    assert not abandoned.exists() and live.exists()
+    assert (run.final / "report.md").read_text() == "done\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -35,6 +36,24 @@ def default_reports_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 # Files, written atomically
 # --------------------------------------------------------------------------------------------
+def staging_prefix(pid: int | None = None) -> str:
+    """The hidden name's start of a folder being written by process ``pid`` of this machine."""
+    return f".staging-{socket.gethostname()}-{pid or os.getpid()}-"
+
+
+def remove_abandoned_staging(root: Path) -> None:
+    """Remove the staging folders that processes of this machine left when they were killed
+    mid-report (``kill -9``: no clean-up ran); a live process's, or another machine's on a
+    shared folder, stay."""
+    import psutil
+
+    host = socket.gethostname()
+    for folder in root.glob(f".staging-{host}-*-*"):
+        pid = folder.name.removeprefix(f".staging-{host}-").split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class RunFolder:
     """A report folder that appears under ``reports_dir`` only once it is complete.
 
@@ -47,9 +66,10 @@ class RunFolder:
 
     def __init__(self, reports_dir: str | os.PathLike, kind: str):
         root = check_writable_dir(reports_dir)
+        remove_abandoned_staging(root)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.final = root / f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
-        self.path = root / f".staging-{self.final.name}"
+        self.path = root / f"{staging_prefix()}{self.final.name}"
 
     def __enter__(self) -> RunFolder:
         self.path.mkdir(parents=True)
