@@ -278,7 +278,14 @@ def retry_lost(state: InFlight, lost: BaseException, kind: str, data: DataHandle
     for future, asked in list(state.futures.items()):
         wrapped = getattr(future, "wrapped_future", None)
         if wrapped is not None and wrapped.done() and lost_worker(future) is None:
-            state.settle(asked, collect(future, asked.config, data, backend))  # it finished
+            try:
+                result = collect(future, asked.config, data, backend)  # it finished
+            except ServiceOutage:
+                raise
+            except Exception:  # its outcome went with the pool: retried like the others
+                held.append(asked)
+                continue
+            state.settle(asked, result)
         else:
             held.append(asked)
     state.futures.clear()
