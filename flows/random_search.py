@@ -21,6 +21,7 @@ from pydantic import Field
 
 from tasks.cli import flow_main, run_cli
 from tasks.config import PositiveInt, with_epochs
+from tasks.data.splits import dataset_info
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
 from tasks.reports.random_search import write_random_report_task
@@ -78,7 +79,7 @@ def random_search(
     report = write_random_report_task(
         results, space, study, draws, run.reports_dir,
         len(results) if spending else len(proposer.configs), run.optuna_storage(),
-        spending.summary() if spending else None)
+        spending.summary() if spending else None, dataset_info(data).name)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -227,3 +227,22 @@ def test_a_report_folder_a_killed_run_left_half_written_is_removed_by_the_next_r
         (run.path / "report.md").write_text("done\n")
     assert not abandoned.exists() and live.exists()
     assert (run.final / "report.md").read_text() == "done\n"
+
+
+def test_the_notebooks_points_are_drawn_beside_a_study_of_mnist_only(tmp_path, monkeypatch):
+    """The notebook's printed best-of-N is MNIST's: a Fashion-MNIST study over the same space
+    draws its own points alone."""
+    figures = spy_figures(monkeypatch)
+    plan = StudyPlan(n_values=[10, 20], pool_size=40)
+    draws = study_configs(plan, DEFAULT_RANDOM_SPACE, seed=0)
+    configs = [c for draw in draws.values() for c in draw]
+    results = results_for(configs)
+    by_config = {r.config.canonical_json(): r.trial_key for r in results}
+    keys = [(n, r, [by_config[c.canonical_json()] for c in chosen])
+            for (n, r), chosen in draws.items()]
+    for dataset, drawn in (("Fashion-MNIST", False), ("MNIST", True)):
+        write_random_report(results, DEFAULT_RANDOM_SPACE, plan, keys, tmp_path / dataset,
+                            len(configs), dataset=dataset)
+        series = errorbar_series(dict(figures)["best_of_n.png"])
+        assert ("the notebook's printout (max test accuracy)" in series) is drawn
+        figures.clear()

@@ -42,6 +42,7 @@ def write_random_report(
     requested: int | None = None,
     storage: str | None = None,
     spent: BudgetSummary | None = None,
+    dataset: str = "MNIST",
 ) -> Path:
     """Write the random-search run folder; returns its final path. ``draws`` are the study's
     draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
@@ -76,7 +77,7 @@ def write_random_report(
                 atomic_write_text(out / "best_of_n.txt", study_text + "\n")
             with run.step("best-of-N figure"):
                 plots.plot_best_of_n(best_of_n, out / "best_of_n.png",
-                                     reference=notebook_reference(space))
+                                     reference=notebook_reference(space, dataset))
         with run.step("Optuna study and figures"):
             optuna_text = export_and_draw(run, "study" if plan else "random", results, space,
                                           storage)
@@ -129,11 +130,13 @@ best-by-validation trial's test accuracy (`best_val_test_*`) and of the max test
 """
 
 
-def notebook_reference(space: SearchSpace) -> dict[int, tuple[float, float]] | None:
+def notebook_reference(space: SearchSpace,
+                       dataset: str = "MNIST") -> dict[int, tuple[float, float]] | None:
     """The notebook's printed best-of-N, where the study searched the notebook's space (its
-    values and epochs; any training seed)."""
+    values and epochs; any training seed) on the notebook's data, MNIST."""
     ignore = {"seed"}
-    if space.model_dump(exclude=ignore) == DEFAULT_RANDOM_SPACE.model_dump(exclude=ignore):
+    if dataset == "MNIST" and \
+            space.model_dump(exclude=ignore) == DEFAULT_RANDOM_SPACE.model_dump(exclude=ignore):
         return NOTEBOOK_BEST_OF_N
     return None
 
@@ -208,7 +211,9 @@ def write_random_report_task(results: list[TrialResult], space: SearchSpace,
                              reports_dir: str | None = None,
                              requested: int | None = None,
                              storage: str | None = None,
-                             spent: BudgetSummary | None = None) -> str:
-    """Write the random-search report folder."""
+                             spent: BudgetSummary | None = None,
+                             dataset: str = "MNIST") -> str:
+    """Write the random-search report folder (``dataset``: the data's name: the notebook's
+    own best-of-N points are drawn beside the study's on MNIST only)."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested,
-                                   storage, spent))
+                                   storage, spent, dataset))
