@@ -118,8 +118,10 @@ def quiet_logs(verbose: bool) -> Path | None:
         override(tf_logs=True)
         return None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # a log handler that fails (Prefect's sender, with its server away) stays off the terminal
+    # a log handler that fails (Prefect's sender, with its server away) stays off the terminal,
+    # and so do libraries' warnings (Optuna's figures on a one-value axis): to the log file
     logging.raiseExceptions = False
+    logging.captureWarnings(True)
     # worker processes started from here: their Prefect records go to the UI only
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from prefect.logging.handlers import PrefectConsoleHandler

@@ -146,10 +146,12 @@ def best_trial(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.Series | Non
     return done.loc[done[by].idxmax()]
 
 
-def best_trial_line(best: pd.Series) -> str:
-    """The summary line of the best trial by validation accuracy (a row of the trials
-    table)."""
-    return (f"- **best trial by validation accuracy**: units={best['units']}, "
+def best_trial_line(best: pd.Series, what: str = "trial") -> str:
+    """The summary line of the best trial (a grid's: ``what="cell"``) by validation accuracy
+    (a row of the trials table); its hidden layers where there are more than one."""
+    layers = best.get("layers", 1)
+    depth = f"layers={int(layers)}, " if pd.notna(layers) and int(layers) != 1 else ""
+    return (f"- **best {what} by validation accuracy**: units={best['units']}, {depth}"
             f"dropout={best['dropout']:g}, activation={best['activation']}, "
             f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
             f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**")

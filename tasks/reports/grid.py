@@ -14,6 +14,7 @@ from tasks.reports.figures import grid as plots
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
+    best_trial_line,
     default_reports_dir,
     grid_lines,
     markdown_table,
@@ -95,12 +96,7 @@ def grid_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, 
                      f"(min {done['test_accuracy'].min():.4f}, "
                      f"max {done['test_accuracy'].max():.4f})")
     if best is not None:
-        lines.append(
-            f"- **best cell by validation accuracy**: units={best['units']}, "
-            f"dropout={best['dropout']:g}, activation={best['activation']}, "
-            f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
-            f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**"
-        )
+        lines.append(best_trial_line(best, "cell"))
     failed = frame[frame["status"] == "failed"]
     for row in failed.itertuples():
         lines.append(f"- FAILED: units={row.units} dropout={row.dropout:g}: {row.error}")
