@@ -15,7 +15,7 @@ from conftest import PROJECT_ROOT
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~)")
-COMMAND = re.compile(r"python3? (flows/[a-z_]+\.py)((?:[^\n`#|;&>]|\\\n)*)")
+COMMAND = re.compile(r"python3? (flows/[a-z_]+\.py)((?:\\\n|[^\n`#|;&>])*)")
 
 
 def prose(page: Path) -> str:
