@@ -5,8 +5,8 @@ synthetic MNIST.
 Two suites (``pyproject.toml``): ``python -m pytest -q`` is the fast one (unit and flow tests,
 no server beyond Prefect's test harness), ``python -m pytest -q -m slow`` the end-to-end one
 (real servers, killed workers; the team stack's tests also need ``MNIST_TEAM_TESTS=1``).
-Both pass in any order and under ``-n 2`` (pytest-xdist: each worker process has its own
-Prefect home and harness).
+Both pass in any order, in one process (``-n 0``) or on every core (pytest-xdist, the default:
+each worker process has its own Prefect home and harness).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ def test_ruff_check_passes():
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
-    done = subprocess.run([ruff, "check", "."], cwd=PROJECT_ROOT, capture_output=True,
+    # --no-cache: a cached verdict outlived a deleted module once and hid two errors
+    done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=PROJECT_ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-1000:]
 
