@@ -614,6 +614,11 @@ def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path)
     env = stack.client_env(tmp_path / "client", PIPELINE_LOCK_LEASE="5")
     cells = ["--units", "64", "96", "128", "--dropout", "0", "0.3", "--batch-size", "16",
              "--epochs", "3", "--train-samples", "4000", "--train-seed", seed(3)]
+    # the state this test needs: no trial of an earlier test still training on a worker (a
+    # run that ended in one line leaves its running trials to finish), no lease in Redis
+    wait_for(lambda: not any(w["executing"] or w["leases"]
+                             for w in stack.dask_workers().values()) and not stack.leases(),
+             300, "the Dask workers idle and no lease held")
     workers = len(stack.dask_workers())
     started = time.time()
     run = Run(grid_command(mnist_big, tmp_path / "reports", stack, cells), env)
