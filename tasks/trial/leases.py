@@ -82,7 +82,39 @@ class _Lease:
     lost: bool = False    # another holder has it
 
 
-class RedisLeaseLockManager:
+class PollingLockManager:
+    """What both lock managers share: waiting for a key by polling ``is_locked``, and the
+    protocol's async methods as their blocking ones in a worker thread."""
+
+    def is_locked(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        import anyio
+
+        return await anyio.to_thread.run_sync(
+            self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        import anyio
+
+        return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
+
+
+class RedisLeaseLockManager(PollingLockManager):
     """A Prefect lock manager (``prefect.locking.protocol.LockManager``) on Redis whose locks
     are leases: taken for ``lease`` seconds, renewed by a background thread every third of
     that while held, checked for loss, and every call waiting out an outage of Redis for up to
@@ -191,13 +223,6 @@ class RedisLeaseLockManager:
                 return False
             time.sleep(POLL_SECONDS)
 
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
-        import anyio
-
-        return await anyio.to_thread.run_sync(
-            self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
-
     def release_lock(self, key: str, holder: str) -> None:
         """Delete the lease if it is still the holder's. Never raises: a lease lost to another
         holder is not this one's to release, and one Redis cannot be told about expires
@@ -234,19 +259,6 @@ class RedisLeaseLockManager:
         with self._guard:
             held = self._leases.get(key)
             return held is not None and held.holder == holder and not held.lost
-
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        import anyio
-
-        return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
 
     # -- leases: renewal, loss ------------------------------------------------------------
     def lost(self, key: str, holder: str) -> bool:

@@ -41,6 +41,7 @@ from tasks.trial.leases import (  # noqa: F401 (the defaults, where they always 
     LEASE_SECONDS,
     OUTAGE_SECONDS,
     POLL_SECONDS,
+    PollingLockManager,
     redis_lease_lock_manager,
 )
 
@@ -53,7 +54,7 @@ def default_lock_directory() -> Path:
     return storage.parent / f"{storage.name}-locks"
 
 
-class FileLockManager:
+class FileLockManager(PollingLockManager):
     """A Prefect lock manager (``prefect.locking.protocol.LockManager``) on ``fcntl.flock``.
 
     ``directory``: where the lock files go (default: :func:`default_lock_directory`, resolved
@@ -105,13 +106,6 @@ class FileLockManager:
                 return False
             time.sleep(POLL_SECONDS)
 
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:
-        import anyio
-
-        return await anyio.to_thread.run_sync(
-            self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
-
     def release_lock(self, key: str, holder: str) -> None:
         with self._guard:
             held = self._held.get(key)
@@ -138,19 +132,6 @@ class FileLockManager:
         with self._guard:
             held = self._held.get(key)
         return held is not None and held[1] == holder
-
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        import anyio
-
-        return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
 
 
 #: The lock settings a run's trials carry to the processes that train them, when the run set
