@@ -1,5 +1,5 @@
 """Files that are never seen half-written: write to a temporary name beside the target, then
-rename (atomic on one filesystem)."""
+rename (atomic on one filesystem); and an exclusive OS file lock (:func:`exclusive_lock`)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ def atomic_write_parquet(frame, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False, engine="pyarrow")
     return Path(path)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created, with its folder, if needed): one
+    holder at a time across processes, released by the kernel when its holder dies."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "reports directory") -> Path:

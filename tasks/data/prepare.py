@@ -19,7 +19,6 @@ Bad data fails here, before anything is written, in one line that names the prob
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -35,10 +34,12 @@ from tasks.data.splits import (
     Splits,
     default_data_dir,
     handle_of,
+    label_dtype,
     read_manifest,
     write_processed,
 )
 from tasks.errors import DataError
+from tasks.files import exclusive_lock
 
 PROCESSING_VERSION = "mnist-processed-v1"
 #: The share of a test part that is the test split by default (MNIST: 8000 of 10000).
@@ -277,9 +278,9 @@ def _parts(prepared: Prepared) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]]
         mean, std = train.mean(axis=0), train.std(axis=0)
         std[std == 0] = 1.0  # a constant feature
         stats |= {"mean": mean.tolist(), "std": std.tolist()}
-    label_type = np.uint8 if len(prepared.class_names) <= 256 else np.int32
+    labels = label_dtype(len(prepared.class_names))
     parts = {split: (as_features(source[part][index], prepared.scaling, mean, std),
-                     prepared.labels[part][index].astype(label_type))
+                     prepared.labels[part][index].astype(labels))
              for split, (part, index) in rows.items()}
     return parts, stats
 
@@ -301,20 +302,6 @@ def describe(prepared: Prepared, normalization: dict) -> dict:
             "split": prepared.split_record, "normalization": normalization}
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed)."""
-    import fcntl
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_data(
     data: str | os.PathLike | None = None,
     split: SplitSpec | None = None,
@@ -332,7 +319,7 @@ def prepare_data(
         # One writer at a time per data set: two runs that both find the files missing or
         # damaged must not move aside the copy the other has just written and is reading.
         # An OS file lock, released when its process dies, so a killed run never blocks one.
-        with _exclusive(directory.parent / f".{directory.name}.lock"):
+        with exclusive_lock(directory.parent / f".{directory.name}.lock"):
             manifest = read_manifest(directory)  # written meanwhile?
             reused = manifest is not None
             if not reused:

@@ -106,11 +106,16 @@ def dataset_info(handle: DataHandle) -> DatasetInfo:
 # --------------------------------------------------------------------------------------------
 # Arrow IPC files
 # --------------------------------------------------------------------------------------------
+def label_dtype(classes: int) -> type[np.integer]:
+    """The labels' type: uint8 up to 256 classes (MNIST's), else int32."""
+    return np.uint8 if classes <= 256 else np.int32
+
+
 def label_type(classes: int):
-    """The Arrow type of the labels: uint8 up to 256 classes (MNIST's), else int32."""
+    """The Arrow type of the labels (:func:`label_dtype`)."""
     import pyarrow as pa
 
-    return pa.uint8() if classes <= 256 else pa.int32()
+    return pa.from_numpy_dtype(label_dtype(classes))
 
 
 def file_sha256(path: Path) -> str:

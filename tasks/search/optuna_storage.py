@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import functools
 import math
 import threading
@@ -35,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tasks.files import exclusive_lock
 from tasks.settings import storage_url as storage_url  # the rule lives with the settings
 from tasks.trial.result import TrialResult
 
@@ -97,15 +97,12 @@ def storage_lock(url: str) -> Iterator[None]:
             finally:
                 depth[lock] = 0
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(lock):
         depth[lock] = 1
         try:
             yield
         finally:
             depth[lock] = 0
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: The PostgreSQL advisory lock key of the storage lock (any fixed 64-bit number).
