@@ -15,7 +15,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tasks.console import say
-from tasks.errors import ReportError, TrialsFailed, UserError, describe_validation_error
+from tasks.errors import (
+    ReportError,
+    TrialsFailed,
+    UserError,
+    describe_validation_error,
+    one_line,
+)
 
 __all__ = ["flow_main", "run_cli", "say"]  # say: the flows' one import for terminal lines
 
@@ -239,13 +245,12 @@ def unexpected(error: BaseException) -> int:
         traceback.print_exception(error)
     else:
         logging.getLogger("tasks.cli").error("the run failed", exc_info=error)
-    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     outage = server_outage(error)
     if outage:
-        print(f"error: {outage} ({type(error).__name__}: {line}); finished trials are cached: "
+        print(f"error: {outage} ({one_line(error)}); finished trials are cached: "
               f"rerun the same command once it is back{_details()}", file=sys.stderr)
         return 1
-    print(f"error: {type(error).__name__}: {line}{_details()}", file=sys.stderr)
+    print(f"error: {one_line(error)}{_details()}", file=sys.stderr)
     return 1
 
 

@@ -41,6 +41,22 @@ def as_user_error(error: ValidationError, prefix: str = "") -> UserError:
     return UserError(describe_validation_error(error, prefix))
 
 
+#: Errors that only wrap the one that matters: their own message says nothing about it
+#: (Optuna's "An exception is raised during the commit. This typically happens due to invalid
+#: data in the commit, e.g. exceeding max length." for a database connection that was lost).
+WRAPPERS = ("StorageInternalError",)
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of ``error``, for an ``error:`` line; an error of
+    :data:`WRAPPERS` names the error it wraps instead (its ``__cause__``)."""
+    while type(error).__name__ in WRAPPERS and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
 class ReportError(RuntimeError):
     """A report step failed after the trials table was written: the run's results are safe
     (``trials.parquet`` in the named folder) and a rerun rebuilds the report from the cache."""

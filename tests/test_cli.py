@@ -126,3 +126,36 @@ def test_a_lost_prefect_server_is_named_in_the_one_line(capsys, monkeypatch):
     assert err.startswith("error: the Prefect server http://127.0.0.1:4300/api stopped "
                           "answering (ConnectError: [Errno 111] Connection refused); finished "
                           "trials are cached: rerun the same command once it is back")
+
+
+def test_a_wrapped_storage_error_names_what_it_wraps_in_one_line(capsys, monkeypatch):
+    """Optuna's StorageInternalError says "exceeding max length" whatever went wrong; a lost
+    database connection (SQLAlchemy's messages run over several lines) is what the line
+    names. The same line goes into a failed report step's message."""
+    import optuna.exceptions
+    import sqlalchemy.exc
+
+    from tasks import cli
+    from tasks.errors import one_line
+
+    monkeypatch.setattr(cli, "_log_path", Path("/tmp/run.log"))
+    lost = sqlalchemy.exc.OperationalError(
+        "COMMIT", {}, Exception("terminating connection due to administrator command"))
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit. This typically happens due to "
+                "invalid data in the commit, e.g. exceeding max length. ") from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert one_line(wrapped) == ("OperationalError: (builtins.Exception) terminating "
+                                     "connection due to administrator command")
+        code = cli.unexpected(wrapped)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: OperationalError: (builtins.Exception) terminating "
+                          "connection due to administrator command"), err
+    assert "max length" not in err
+    assert "\n" in str(lost)  # SQLAlchemy's own message: more than one line
+    assert one_line(RuntimeError("")) == "RuntimeError"

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -606,6 +607,36 @@ def busy_worker(stack: Stack) -> dict | None:
     return busy[0] if busy else None
 
 
+@contextmanager
+def workers_stopped(stack: Stack, run: Run, cells: int):
+    """Once ``run`` has a result and a Dask worker trains one of its trials (holds its lease),
+    every Dask worker stopped (SIGSTOP) for the block, continued (SIGCONT) after it: a service
+    the block takes away is away while trials are still to run and report, however fast the
+    machine. (Without this a run of 4 cells at 0.1 s a trial ended before Redis stopped.)
+    Yields the results the run had when its workers stopped."""
+    def ready() -> list[int]:
+        if run.process.poll() is not None:
+            run.wait()
+            pytest.fail(f"the run ended (exit {run.process.returncode}) before its workers "
+                        f"could be stopped:\n{run.output[-3000:]}")
+        if run.finished() < 1:
+            return []
+        workers = stack.dask_workers().values()
+        busy = any(w["executing"] and w["leases"] for w in workers)
+        return [w["pid"] for w in workers] if busy else []
+
+    pids = wait_for(ready, 300, "the first result, and a Dask worker training a trial")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        finished = run.finished()
+        assert finished < cells, f"all {cells} results in before the workers stopped"
+        yield finished
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path):
     import psutil
 
@@ -720,8 +751,8 @@ def test_the_prefect_server_away_past_the_retry_budget_ends_in_one_line(stack, m
              "--epochs", "2", "--train-samples", "4000", "--train-seed", seed(5)]
     command = grid_command(mnist_big, tmp_path / "reports", stack, cells)
     run = Run(command, env)
-    wait_for(lambda: run.finished() >= 1, 300, "the first result")
-    stopped = stop_service(stack, "server")
+    with workers_stopped(stack, run, 6) as finished:
+        stopped = stop_service(stack, "server")
     code = run.wait(timeout=300)  # the server stays away until the run has given up
     ended = time.monotonic() - stopped
     stack.up()
@@ -729,7 +760,7 @@ def test_the_prefect_server_away_past_the_retry_budget_ends_in_one_line(stack, m
     others = len(LOG_SENDER.findall(run.stderr))
     rerun = Run(command, stack.client_env(tmp_path / "client"))
     assert_resumed(run, rerun)
-    print(f"\n(h) server stopped after {run.finished()} results: the run ended {ended:.0f} s "
+    print(f"\n(h) server stopped after {finished} results: the run ended {ended:.0f} s "
           f"later, exit {code}: {line!r} (and {others} complaint(s) of Prefect's log sender "
           f"on stderr); the rerun: {rerun.summary()!r}")
 
@@ -770,12 +801,12 @@ def test_a_redis_restart_mid_run_fails_no_trial_and_trains_each_cell_once(stack,
 def test_redis_away_past_the_outage_bound_ends_the_run_in_one_line(stack, mnist_big, tmp_path):
     """PIPELINE_OUTAGE=3 for this run (it travels with its trials): Redis away longer ends
     the run with one line naming it; once Redis is back the rerun resumes."""
-    cells = ["--units", "24", "40", "--dropout", "0", "0.2", "--batch-size", "32",
+    cells = ["--units", "24", "40", "56", "72", "--dropout", "0", "0.2", "--batch-size", "32",
              "--epochs", "4", "--train-samples", "4000", "--train-seed", seed(7)]
     command = grid_command(mnist_big, tmp_path / "reports", stack, cells)
     run = Run(command, stack.client_env(tmp_path / "client", PIPELINE_OUTAGE="3"))
-    wait_for(lambda: run.finished() >= 1 and stack.leases(), 300, "a result and a lease")
-    stopped = stop_service(stack, "redis")
+    with workers_stopped(stack, run, 8) as finished:
+        stopped = stop_service(stack, "redis")
     code = run.wait(timeout=300)  # Redis stays away until the run has given up
     ended = time.monotonic() - stopped
     stack.up()
@@ -783,7 +814,7 @@ def test_redis_away_past_the_outage_bound_ends_the_run_in_one_line(stack, mnist_
                                 r"for 3 s")
     rerun = Run(command, stack.client_env(tmp_path / "client"))
     assert_resumed(run, rerun)
-    print(f"\n(f) Redis stopped after {run.finished()} results: the run ended {ended:.1f} s "
+    print(f"\n(f) Redis stopped after {finished} results: the run ended {ended:.1f} s "
           f"later, exit {code}: {line!r}; the rerun: {rerun.summary()!r}")
 
 
@@ -833,7 +864,7 @@ def test_a_run_stalled_past_its_lease_stops_and_takes_the_result_of_the_run_that
                    stack.client_env(tmp_path / f"client{i}", PIPELINE_LOCK_LEASE="3"))
 
     runs = [start(1)]
-    [lease] = wait_for(stack.leases, 300, "the first run's lease")
+    [lease] = wait_for(stack.leases, 300, "the first run's lease", every=0.01)
     os.kill(runs[0].process.pid, signal.SIGSTOP)
     try:
         holder = stack.redis().get(lease)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from tasks.errors import ReportError
+from tasks.errors import ReportError, one_line
 from tasks.files import atomic_write_parquet, atomic_write_text, check_writable_dir
 from tasks.search.space import SEARCH_FIELDS, shown_fields
 from tasks.trial.result import TrialResult
@@ -105,7 +105,7 @@ class RunFolder:
         except Exception as exc:
             if self.kept is None:
                 raise
-            message = (f"report step '{name}' failed ({type(exc).__name__}: {exc}); the "
+            message = (f"report step '{name}' failed ({one_line(exc)}); the "
                        f"results are safe in {self.final / self.kept}; rerun the same command "
                        "to rebuild the report from the cache")
             atomic_write_text(self.path / "REPORT_FAILED.txt", message + "\n")
