@@ -164,8 +164,18 @@ def test_a_killed_worker_is_a_transient_fault(runner, mnist_file, tmp_path):
         if killed is None and line.startswith("[1/6]"):
             workers = [c for c in psutil.Process(process.pid).children(recursive=True)
                        if "spawn_main" in " ".join(c.cmdline())]
-            killed = max(workers, key=lambda c: c.cpu_percent(interval=0.3)).pid
+            # the busier worker over 0.1 s, every worker stopped (SIGSTOP) at its end: the
+            # trials left cannot finish while it is chosen and killed, however fast the machine
+            for worker in workers:
+                worker.cpu_percent(None)
+            time.sleep(0.1)
+            for worker in workers:
+                worker.suspend()
+            killed = max(workers, key=lambda c: c.cpu_percent(None)).pid
             os.kill(killed, signal.SIGKILL)
+            for worker in workers:
+                if worker.pid != killed:
+                    worker.resume()
     err = process.stderr.read()
     assert process.wait(timeout=60) == 0, err[-3000:]
     assert killed is not None

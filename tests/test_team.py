@@ -651,11 +651,26 @@ def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path)
                              for w in stack.dask_workers().values()) and not stack.leases(),
              300, "the Dask workers idle and no lease held")
     workers = len(stack.dask_workers())
+    storage = Path(stack.team["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
     started = time.time()
     run = Run(grid_command(mnist_big, tmp_path / "reports", stack, cells), env)
-    worker = wait_for(lambda: busy_worker(stack), 300, "a Dask worker training a trial")
+
+    def training():
+        """A worker stopped (SIGSTOP) while it trains a trial whose result is not stored yet
+        (however fast the machine, it cannot store it before the kill); None if the one found
+        had stored it already (continued: look again)."""
+        worker = busy_worker(stack)
+        if worker is None:
+            return None
+        os.kill(worker["pid"], signal.SIGSTOP)
+        if any((storage / key).exists() for key in worker["leases"]):
+            os.kill(worker["pid"], signal.SIGCONT)
+            return None
+        return worker
+
+    worker = wait_for(training, 300, "a Dask worker training a trial")
     killed, killed_at, killed_time = worker["pid"], time.monotonic(), time.time()
-    os.kill(killed, signal.SIGKILL)
+    os.kill(killed, signal.SIGKILL)  # stopped: it stored nothing since the check
     finished = run.finished()
     assert run.wait() == 0, run.output[-3000:]
     assert_clean(run)
@@ -667,7 +682,7 @@ def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path)
     # the trial the killed worker was training (it held its lease) was trained again, by
     # another worker: its result was stored after the kill
     [key] = [key.removeprefix("trial-") for key in worker["leases"]]
-    stored = Path(stack.team["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]) / f"trial-{key}"
+    stored = storage / f"trial-{key}"
     assert key in set(table["trial_key"]) and stored.stat().st_mtime > killed_time
     runs = killed_trial_runs(stack, started)
     print(f"\n(c) worker {killed} killed while it trained {key} ({finished} results before); "
