@@ -174,6 +174,32 @@ def test_a_parquet_table_maps_string_labels_and_standardizes_with_the_training_s
         assert len(match) == 1 and frame["label"][match[0]] == labels[label]
 
 
+def test_the_data_the_command_line_checked_is_not_read_again_unless_it_changed(
+        tmp_path, monkeypatch):
+    """check_data (before Prefect starts) hands what it read to the run's data step: one
+    read, the same fingerprint; once only (a second data step reads); a file rewritten since
+    the check, or another split, is read again."""
+    reads = []
+    read_source = readers.read_source
+    monkeypatch.setattr(readers, "read_source",
+                        lambda *args: reads.append(args[0]) or read_source(*args))
+    path = table(tmp_path / "animals.parquet")
+    checked = check_data(path)
+    handle, _ = prepare_data(path, None, tmp_path / "data")
+    assert len(reads) == 1 and Path(handle.directory).name == checked.fingerprint
+    prepare_data(path, None, tmp_path / "data")
+    assert len(reads) == 2  # taken by the first data step
+
+    checked = check_data(path)
+    table(path, seed=1)  # rewritten after the check: same name, same size
+    handle, _ = prepare_data(path, None, tmp_path / "data")
+    assert len(reads) == 4 and Path(handle.directory).name != checked.fingerprint
+
+    check_data(path)
+    prepare_data(path, SplitSpec(test_size=0.3), tmp_path / "data")
+    assert len(reads) == 6
+
+
 def test_a_tables_categorical_labels_are_their_values(tmp_path):
     path = table(tmp_path / "c.parquet")
     frame = pd.read_parquet(path)
