@@ -54,12 +54,12 @@ class RunOptions(BaseModel):
     data: str | None = Field(
         None, json_schema_extra=_DATA | {"metavar": "PATH|NAME"},
         description="the data: a Keras-layout .npz, a folder of IDX files, a folder of "
-                    "images with one subfolder per class, a Parquet table, or a name: mnist, "
-                    "fashion-mnist (default: MNIST from $MNIST_PATH, else Keras' "
+                    "images with one subfolder per class, a Parquet or CSV table, or a name: "
+                    "mnist, fashion-mnist (default: MNIST from $MNIST_PATH, else Keras' "
                     "cache/download)")
     label: str = Field(
         "label", json_schema_extra=_DATA | {"metavar": "COLUMN"},
-        description="a Parquet table's label column")
+        description="a table's label column (Parquet or CSV)")
     train_samples: PositiveInt | None = Field(
         None, json_schema_extra=_DATA, description="use only the first N training images "
                                                    "(quick runs)")

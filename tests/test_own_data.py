@@ -200,6 +200,35 @@ def test_the_data_the_command_line_checked_is_not_read_again_unless_it_changed(
     assert len(reads) == 6
 
 
+def test_a_csv_table_is_the_same_data_as_the_same_table_in_parquet(tmp_path):
+    """The table of the Parquet test as CSV (and gzipped CSV): the same features, classes,
+    splits and fingerprint, so the same trial keys; a boolean and a missing feature value
+    are read as such."""
+    parquet = table(tmp_path / "animals.parquet")
+    frame = pd.read_parquet(parquet)
+    frame.to_csv(tmp_path / "animals.csv", index=False)
+    frame.to_csv(tmp_path / "animals.csv.gz", index=False)
+    expected = check_data(parquet)
+    for name in ("animals.csv", "animals.csv.gz"):
+        checked = check_data(tmp_path / name)
+        assert checked.fingerprint == expected.fingerprint, name
+        assert checked.class_names == ("bird", "cat", "dog")
+        assert checked.raw.feature_names == ("size", "weight", "constant", "legs")
+        np.testing.assert_array_equal(checked.raw.x_train, expected.raw.x_train)
+        for part in ("train", "validation", "test"):
+            np.testing.assert_array_equal(checked.rows[part][1], expected.rows[part][1])
+    handle, _ = prepare_data(tmp_path / "animals.csv", None, tmp_path / "data")
+    assert Path(handle.directory).name == expected.fingerprint
+    assert (handle.train_size, handle.validation_size, handle.test_size) == (140, 20, 40)
+
+    flags = tmp_path / "flags.csv"
+    flags.write_text("big,size,label\ntrue,1.5,a\nfalse,2.5,b\ntrue,3.5,a\nfalse,,b\n")
+    raw = readers.read_source(flags)
+    assert raw.feature_names == ("big", "size") and list(raw.y_train) == ["a", "b", "a", "b"]
+    np.testing.assert_array_equal(raw.x_train[:3], [[1, 1.5], [0, 2.5], [1, 3.5]])
+    assert np.isnan(raw.x_train[3, 1])  # a missing value: validation names it
+
+
 def test_a_tables_categorical_labels_are_their_values(tmp_path):
     path = table(tmp_path / "c.parquet")
     frame = pd.read_parquet(path)
@@ -260,8 +289,12 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     unreadable = image_folder(tmp_path / "broken", {"a": 3, "b": 3})
     (unreadable / "b" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     Image.new("L", (4, 4)).save(unreadable / "a" / "ok.png")
-    csv = tmp_path / "data.csv"
-    csv.write_text("a,b,label\n1,2,0\n")
+    other = tmp_path / "data.json"
+    other.write_text('{"a": [1, 2], "label": [0, 1]}\n')
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,label\n1,2,0\n3,4\n")
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("a,b,label\n1,2,0\n5,6,\n")
     return {
         "lengths": ([str(lengths)], f"error: {lengths}: y_train has shape (40,); expected "
                                     "(50,) labels, one per image of x_train"),
@@ -284,9 +317,14 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                                        "layout)"),
         "unreadable image": ([str(unreadable)], f"error: {unreadable / 'b' / '002.png'}: not a "
                                                 "readable image ("),
-        "other format": ([str(csv)], f"error: {csv}: not a data file this pipeline reads: a "
-                                     "Keras-layout .npz, a Parquet table, a folder of IDX files, "
-                                     "or a folder of images with one subfolder per class"),
+        "other format": ([str(other)], f"error: {other}: not a data file this pipeline reads: "
+                                       "a Keras-layout .npz, a Parquet table, a CSV table (.csv, "
+                                       ".csv.gz), a folder of IDX files, or a folder of images "
+                                       "with one subfolder per class"),
+        "ragged CSV": ([str(ragged)], f"error: {ragged}: not a readable CSV file: CSV parse "
+                                      "error: Expected 3 columns, got 2: 3,4"),
+        "CSV label missing": ([str(unlabelled)], f"error: {unlabelled}: the label column "
+                                                 "'label' has 1 missing values"),
     }
 
 

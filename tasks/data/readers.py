@@ -10,8 +10,10 @@ table's feature names), and a resolver that turns ``--data`` into a reader.
   siblings: MNIST, Fashion-MNIST, KMNIST);
 * a folder of PNG/JPEG images with one subfolder per class (Keras'
   ``image_dataset_from_directory`` layout);
-* a Parquet table: a label column (``--label``, default ``label``), numeric feature columns,
-  and optionally a ``split`` column (train / validation / test);
+* a table, Parquet or CSV (``.csv``, ``.csv.gz``; a header row, comma-separated): a label
+  column (``--label``, default ``label``), numeric feature columns, and optionally a ``split``
+  column (train / validation / test); the same table in either format is the same data (one
+  fingerprint, one set of trial keys);
 * ``mnist`` or ``fashion-mnist``: the known local copies (nothing is downloaded for a name).
 
 Validation, label encoding, normalization, splitting and the Arrow files are one path for
@@ -162,13 +164,16 @@ def read_source(path: Path, label: str = "label") -> RawData:
         magic = handle.read(4)
     if magic == b"PAR1":
         return read_parquet(path, label)
+    if path.name.lower().endswith(CSV_SUFFIXES):
+        return read_csv(path, label)
     if path.name.split(".")[0] in IDX_FILES.values():
         return recognized(read_idx_folder(path.parent))
     if magic.startswith(b"PK") or path.suffix == ".npz":
         return recognized(read_npz(path))
     raise DataError(
         f"{path}: not a data file this pipeline reads: a Keras-layout .npz, a Parquet table, a "
-        "folder of IDX files, or a folder of images with one subfolder per class")
+        "CSV table (.csv, .csv.gz), a folder of IDX files, or a folder of images with one "
+        "subfolder per class")
 
 
 def recognized(raw: RawData) -> RawData:
@@ -294,11 +299,14 @@ def read_image_folder(folder: Path) -> RawData:
 
 
 # --------------------------------------------------------------------------------------------
-# A Parquet table
+# A table: Parquet or CSV
 # --------------------------------------------------------------------------------------------
+#: The names of CSV tables (compressed ones are read as such).
+CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
 def read_parquet(path: Path, label: str = "label") -> RawData:
-    """Feature columns (numbers), a label column (integers or strings) and an optional
-    ``split`` column of a Parquet table."""
+    """A Parquet table (:func:`read_table`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -306,6 +314,28 @@ def read_parquet(path: Path, label: str = "label") -> RawData:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    return read_table(table, path, label)
+
+
+def read_csv(path: Path, label: str = "label") -> RawData:
+    """A CSV table with a header row (:func:`read_table`): each column's type is inferred
+    (numbers, booleans, strings); an empty field is a missing value."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(path)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable CSV file: {message}") from exc
+    return read_table(table, path, label)
+
+
+def read_table(table, path: Path, label: str = "label") -> RawData:
+    """Feature columns (numbers), a label column (integers or strings) and an optional
+    ``split`` column of an Arrow table read from ``path``."""
+    import pyarrow as pa
+
     columns = table.column_names
     if label not in columns:
         raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); "
