@@ -295,6 +295,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     ragged.write_text("a,b,label\n1,2,0\n3,4\n")
     unlabelled = tmp_path / "unlabelled.csv"
     unlabelled.write_text("a,b,label\n1,2,0\n5,6,\n")
+    header = tmp_path / "header.csv"
+    header.write_text("a,b,label\n")
     return {
         "lengths": ([str(lengths)], f"error: {lengths}: y_train has shape (40,); expected "
                                     "(50,) labels, one per image of x_train"),
@@ -325,6 +327,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                                       "error: Expected 3 columns, got 2: 3,4"),
         "CSV label missing": ([str(unlabelled)], f"error: {unlabelled}: the label column "
                                                  "'label' has 1 missing values"),
+        "CSV header only": ([str(header)], f"error: {header}: no rows (columns only: a, b, "
+                                           "label)"),
     }
 
 

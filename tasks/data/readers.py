@@ -336,6 +336,8 @@ def read_table(table, path: Path, label: str = "label") -> RawData:
     ``split`` column of an Arrow table read from ``path``."""
     import pyarrow as pa
 
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows (columns only: {', '.join(table.column_names)})")
     columns = table.column_names
     if label not in columns:
         raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); "
