@@ -47,13 +47,19 @@ def as_user_error(error: ValidationError, prefix: str = "") -> UserError:
 WRAPPERS = ("StorageInternalError",)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message ("" for none): libraries' messages (SQLAlchemy's,
+    Arrow's) run over several lines, an ``error:`` line is one."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
 def one_line(error: BaseException) -> str:
     """``Type: first line of the message`` of ``error``, for an ``error:`` line; an error of
     :data:`WRAPPERS` names the error it wraps instead (its ``__cause__``)."""
     while type(error).__name__ in WRAPPERS and error.__cause__ is not None:
         error = error.__cause__
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else ""
+    line = first_line(error)
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 

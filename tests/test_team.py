@@ -601,10 +601,15 @@ def test_two_tunes_of_one_study_on_postgresql(stack, mnist_file, tmp_path):
 # --------------------------------------------------------------------------------------------
 # c, d: a lost worker, a restarted server
 # --------------------------------------------------------------------------------------------
+def is_busy(worker: dict) -> bool:
+    """Whether a Dask worker (:meth:`Stack.dask_workers`) trains a trial: it runs a task and
+    holds the trial's Redis lease."""
+    return bool(worker["executing"] and worker["leases"])
+
+
 def busy_worker(stack: Stack) -> dict | None:
-    """A Dask worker training a trial (it holds the trial's Redis lease), or None."""
-    busy = [w for w in stack.dask_workers().values() if w["executing"] and w["leases"]]
-    return busy[0] if busy else None
+    """A Dask worker training a trial, or None."""
+    return next(filter(is_busy, stack.dask_workers().values()), None)
 
 
 @contextmanager
@@ -622,8 +627,7 @@ def workers_stopped(stack: Stack, run: Run, cells: int):
         if run.finished() < 1:
             return []
         workers = stack.dask_workers().values()
-        busy = any(w["executing"] and w["leases"] for w in workers)
-        return [w["pid"] for w in workers] if busy else []
+        return [w["pid"] for w in workers] if any(map(is_busy, workers)) else []
 
     pids = wait_for(ready, 300, "the first result, and a Dask worker training a trial")
     for pid in pids:

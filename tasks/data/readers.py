@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import DataError
+from tasks.errors import DataError, first_line
 
 KERAS_LAYOUT = ("x_train", "y_train", "x_test", "y_test")
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -326,7 +326,7 @@ def read_csv(path: Path, label: str = "label") -> RawData:
     try:
         table = pcsv.read_csv(path)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc) or type(exc).__name__
         raise DataError(f"{path}: not a readable CSV file: {message}") from exc
     return read_table(table, path, label)
 
