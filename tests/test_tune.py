@@ -198,16 +198,53 @@ def test_trials_a_dead_tune_left_running_are_asked_again_first_a_live_tunes_neve
     resumed = proposer("stopped")
     assert resumed.ask().config == asked.config
 
-    # a running trial without heartbeats (a tune from before them) is failed once it is
-    # older than the grace period, not before
+    # a running trial without the heartbeat attribute (an ask cut off half-way, a tune from
+    # before heartbeats) is failed at once by the next tune's recovery, under the storage lock
     legacy = optuna.load_study(study_name="stopped", storage=storage_url())
     legacy_params = legacy.ask(space.distributions()).params
-    proposer("stopped")
     assert states("stopped")[1:] == [running, running]
-    time.sleep(2.5)
     late = proposer("stopped")
     assert states("stopped")[1:3] == [running, failed]  # the resumed tune's trial lives
     assert late.ask().token.params == legacy_params
+
+
+def test_a_trial_whose_tune_process_is_gone_is_failed_at_once(mnist_file, tmp_path):
+    """A rerun right after a run that died (killed, or ended on a storage outage) fails the
+    dead run's running trials at once, without waiting out the grace period: their owner (host,
+    pid, start time) is a process of this host that is gone. A live owner's trial lives."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tasks.data.prepare import prepare_data
+    from tasks.search.tune.recovery import OWNER_ATTR, owner_gone, this_owner
+    from tasks.search.tune.proposer import TuneProposer
+
+    handle, _ = prepare_data(mnist_file, SplitSpec())
+    space = make_tune_space(**{**TINY, "units": "int_log:8:64"})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner = {**this_owner(), "pid": dead.pid,
+                  "started": round(psutil.Process(dead.pid).create_time(), 2)}
+    dead.wait()
+    assert owner_gone(dead_owner) and not owner_gone(this_owner())
+    assert owner_gone({**this_owner(), "started": this_owner()["started"] - 100})  # pid reused
+    assert not owner_gone({**dead_owner, "host": "another-host"})  # its heartbeat decides
+
+    def proposer() -> TuneProposer:  # a grace period no test waits out
+        return TuneProposer(space, handle, "compiled", storage_url(), trials=4,
+                            study_name="owners", warm_start=False, grace_period=3600)
+
+    first, second = proposer(), proposer()
+    lost, kept = first.ask(), second.ask()
+    first.heartbeats.stop()  # the first tune "dies": its trial's owner is gone
+    first.storage.set_trial_system_attr(first.trial_id(lost.token.number), OWNER_ATTR,
+                                        dead_owner)
+    third = proposer()
+    trials = load("owners").get_trials()
+    assert [t.state.name for t in trials[:2]] == ["FAIL", "RUNNING"]
+    assert third.ask().config == lost.config  # asked again first
+    assert kept.token.number == 1
 
 
 @pytestmark_flows
@@ -313,3 +350,42 @@ def test_the_command_line_rejects_a_bad_dimension_in_one_line():
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "error: units='int_log:0:512': int_log needs LOW > 0 (got 0)"]
+
+
+def test_a_tune_closing_during_a_storage_outage_fails_its_trials_once_the_storage_answers(
+        mnist_file, tmp_path, monkeypatch):
+    """The trials a tune holds when it stops are failed on its way out, the storage tried
+    again with backoff (PIPELINE_OUTAGE) while it does not answer; past the bound, it raises."""
+    from tasks.data.prepare import prepare_data
+    from tasks.search.tune.proposer import TuneProposer
+
+    handle, _ = prepare_data(mnist_file, SplitSpec())
+    space = make_tune_space(**{**TINY, "units": "int_log:8:64"})
+    tune = TuneProposer(space, handle, "compiled", storage_url(), trials=4,
+                        study_name="outage", warm_start=False)
+    asked = tune.ask()
+    real_fail, calls = tune.fail, []
+
+    def flaky(number):
+        calls.append(number)
+        if len(calls) <= 2:
+            raise ConnectionError("the storage restarting")
+        return real_fail(number)
+
+    monkeypatch.setattr(tune, "fail", flaky)
+    monkeypatch.setenv("PIPELINE_OUTAGE", "10")
+    tune.close()
+    assert len(calls) == 3
+    assert [t.state.name for t in load("outage").get_trials()] == ["FAIL", "WAITING"]
+    # past the outage bound, the error is raised (the exit hook says it in one line)
+    again = TuneProposer(space, handle, "compiled", storage_url(), trials=4,
+                         study_name="outage", warm_start=False)
+    assert again.ask().config == asked.config
+
+    def down(number):
+        raise ConnectionError("the storage away")
+
+    monkeypatch.setattr(again, "fail", down)
+    monkeypatch.setenv("PIPELINE_OUTAGE", "0.5")
+    with pytest.raises(ConnectionError):
+        again.close()

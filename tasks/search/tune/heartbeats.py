@@ -12,11 +12,9 @@ from tasks.console import say
 
 #: Seconds between two heartbeats of a trial a tune holds.
 HEARTBEAT_INTERVAL = 10
-#: Seconds without a heartbeat after which a running trial is a dead tune's: failed, asked
-#: again. Long beside the interval, so that a busy machine never fails a live tune's trial.
-GRACE_PERIOD = 60
-#: The system attribute of a trial whose tune records heartbeats (its interval): a running
-#: trial without it, older than the grace period, was left by a tune from before heartbeats.
+#: The system attribute of a trial whose tune records heartbeats (its interval), set under the
+#: storage lock by every ask: a running trial without it is a dead tune's (recovery.py). How
+#: long a running trial may go without a heartbeat is ``PIPELINE_TUNE_GRACE`` (60 s).
 HEARTBEAT_ATTR = "heartbeat_interval"
 
 
@@ -31,14 +29,18 @@ class Heartbeats:
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def hold(self, number: int, trial_id: int, params: dict[str, Any]) -> None:
+    def hold(self, number: int, trial_id: int, params: dict[str, Any],
+             beat: bool = True) -> None:
+        """Hold the trial (the first heartbeat at once, unless ``beat`` is False: the caller
+        records it)."""
         with self.guard:  # held first: if the storage fails below, the tune's exit fails it
             self.held[number] = (trial_id, params)
             if self.thread is None:
                 self.thread = threading.Thread(target=self.beat, name="optuna-heartbeats",
                                                daemon=True)
                 self.thread.start()
-        self.storage.record_heartbeat(trial_id)
+        if beat:
+            self.storage.record_heartbeat(trial_id)
 
     def release(self, number: int) -> None:
         with self.guard:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import time
 import weakref
 from collections.abc import Sequence
 
@@ -24,17 +25,24 @@ from tasks.search.optuna_storage import (
     storage_lock,
 )
 from tasks.search.tune.heartbeats import (
-    GRACE_PERIOD,
     HEARTBEAT_ATTR,
     HEARTBEAT_INTERVAL,
     Heartbeats,
 )
 from tasks.search.tune.objectives import check_objectives, objective_values
-from tasks.search.tune.recovery import ask_again, fail_trial, fail_unsampled, recover
+from tasks.search.tune.recovery import (
+    OWNER_ATTR,
+    ask_again,
+    fail_dead,
+    fail_trial,
+    recover,
+    this_owner,
+)
 from tasks.search.tune.samplers import make_sampler
 from tasks.search.tune.study import count_start, open_study
 from tasks.search.tune.warm_start import add_missing, held_keys, warm_start_trials
 from tasks.search.tune_space import TuneSpace
+from tasks.settings import current
 from tasks.trial.pruning import TrialLink
 from tasks.trial.result import TrialResult
 
@@ -60,7 +68,7 @@ class TuneProposer:
                  study_name: str = "tune", *, warm_start: bool = True,
                  objectives: Sequence[str] = (OBJECTIVE,),
                  heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int = GRACE_PERIOD):
+                 grace_period: int | None = None):
         from optuna.trial import TrialState
 
         quiet_optuna()
@@ -68,6 +76,8 @@ class TuneProposer:
         self.multi = len(self.objectives) > 1
         self.space, self.url, self.study_name = space, storage, study_name
         self.trials, self.sampler_name, self.pruner = trials, sampler, pruner
+        if grace_period is None:
+            grace_period = round(current().tune_grace)
         self.grace_period = grace_period
         # one tune opens a study at a time on a storage: its creation, its attributes, the
         # stale trials failed and enqueued once
@@ -78,7 +88,7 @@ class TuneProposer:
             self.study = open_study(self.storage, storage, study_name, self.objectives,
                                     pruner, space, data, backend)
             self.study_id = self.storage.get_study_id_from_name(study_name)
-            recover(self.study, self.storage, self.study_id, grace_period)
+            recover(self.study, self.storage, self.study_id)
         # the warm start's values (latencies measured with TensorFlow) outside the lock
         candidates = (warm_start_trials(space, self.objectives, data, backend,
                                         held_keys(self.study)) if warm_start else [])
@@ -159,17 +169,22 @@ class TuneProposer:
     def ask_study(self):
         """The study's next trial, held (heartbeats), under the storage's lock."""
         with storage_lock(self.url):  # one ask at a time: an enqueued trial is popped once
-            recover(self.study, self.storage, self.study_id, self.grace_period)
+            recover(self.study, self.storage, self.study_id)
             try:
                 trial = self.study.ask(self.space.distributions())
             except Exception:  # a restart mid-ask: not the half-made trial left running
                 with contextlib.suppress(Exception):
-                    fail_unsampled(self.study, self.storage, self.study_id)
+                    fail_dead(self.study, self.storage, self.study_id)
                 raise
             trial_id = trial._trial_id  # no storage call before it is held (a restart)
-            self.heartbeats.hold(trial.number, trial_id, dict(trial.params))
+            # held first (the tune's exit fails it, whatever fails below); its owner, then the
+            # heartbeat attribute, set under the lock: a running trial without the attribute
+            # is an ask cut off half-way, failed at once by the next (tasks.search.tune.recovery)
+            self.heartbeats.hold(trial.number, trial_id, dict(trial.params), beat=False)
+            self.storage.set_trial_system_attr(trial_id, OWNER_ATTR, this_owner())
             self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR,
                                                self.heartbeats.interval)
+            self.storage.record_heartbeat(trial_id)
         return trial
 
     def replace_repeat(self, trial, key: str):
@@ -274,14 +289,23 @@ class TuneProposer:
     def close(self) -> None:
         """Stop the heartbeats. The trials still held (asked, never told: the run stopped
         early) are failed and their configs enqueued, so the next tune asks them first at once
-        rather than after the grace period. Also called at exit."""
+        rather than after the grace period. Also called at exit. A storage that does not
+        answer (a restart) is tried again with backoff for up to ``PIPELINE_OUTAGE`` s."""
         held = self.heartbeats.stop()
-        if not held:
-            return
-        with storage_lock(self.url):
-            for number, (_, params) in sorted(held.items()):
-                if self.fail(number):  # else: failed as stale by another tune, which enqueued it
-                    self.study.enqueue_trial(params, skip_if_exists=False)
+        started, delay = time.monotonic(), 0.25
+        while held:
+            try:
+                with storage_lock(self.url):
+                    for number, (_, params) in sorted(held.items()):
+                        # else: failed as stale by another tune, which enqueued it
+                        if self.fail(number):
+                            self.study.enqueue_trial(params, skip_if_exists=False)
+                        del held[number]
+            except Exception:
+                if time.monotonic() - started + delay > current().outage:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
 
 def close_at_exit(ref: weakref.ref) -> None:
