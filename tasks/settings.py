@@ -80,6 +80,26 @@ class Settings(BaseModel):
                     "PostgreSQL: a restart) before it stops with one line (a rerun resumes); "
                     "a run's value travels with its trials to the workers")
 
+    tune_grace: float = Field(
+        60.0, ge=1, json_schema_extra={"env": "PIPELINE_TUNE_GRACE"},
+        description="seconds a tune's running trial may go without a heartbeat (one every "
+                    "10 s) before another tune fails it as a dead tune's and asks its config "
+                    "again; a trial whose tune process on this host is gone is failed at once")
+    test_hold: Path | None = Field(
+        None, json_schema_extra={"env": "PIPELINE_TEST_HOLD"},
+        description="tests only: a folder where a trial stops at a point the test armed "
+                    "(before training, after an epoch, after its result is stored, before "
+                    "its lock is released) until the test releases it (docs/settings.md, "
+                    "\"Testing\"); travels with a run's trials to the workers")
+    test_hold_timeout: float = Field(
+        120.0, gt=0, json_schema_extra={"env": "PIPELINE_TEST_HOLD_TIMEOUT"},
+        description="tests only: seconds a held trial waits for its release before it goes "
+                    "on by itself (a failed test never leaves shared workers stuck)")
+    test_epoch_delay: float = Field(
+        0.0, ge=0, json_schema_extra={"env": "PIPELINE_TEST_EPOCH_DELAY"},
+        description="tests only: seconds added after every epoch of every trial (the fault "
+                    "suites' slowed variant); travels with a run's trials to the workers")
+
     @field_validator("faults", mode="before")
     @classmethod
     def _faults_json(cls, value: Any) -> Any:
@@ -110,7 +130,7 @@ class Settings(BaseModel):
                              "redis:// or rediss:// URL")
         return value
 
-    @field_validator("concurrency_tag", "optuna_storage", "mnist_path", "locks",
+    @field_validator("concurrency_tag", "optuna_storage", "mnist_path", "locks", "test_hold",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:

@@ -134,18 +134,18 @@ class FileLockManager(PollingLockManager):
         return held is not None and held[1] == holder
 
 
-#: The lock settings a run's trials carry to the processes that train them, when the run set
-#: them (its environment): a test, or a run that wants a shorter lease, needs no restart of the
-#: workers.
-RUN_LOCK_SETTINGS = ("lock_lease", "outage")
+#: The settings a run's trials carry to the processes that train them, when the run set them
+#: (its environment): a test, or a run that wants a shorter lease, needs no restart of the
+#: workers. The lease and the outage bound, and the test hold's (:mod:`tasks.trial.hold`).
+RUN_SETTINGS = ("lock_lease", "outage", "test_hold", "test_hold_timeout", "test_epoch_delay")
 
 
-def run_lock_settings() -> dict[str, float]:
-    """This process's :data:`RUN_LOCK_SETTINGS` that its environment sets."""
+def run_settings() -> dict[str, Any]:
+    """This process's :data:`RUN_SETTINGS` that its environment sets."""
     from tasks.settings import current
 
     settings = current()
-    return {name: getattr(settings, name) for name in RUN_LOCK_SETTINGS
+    return {name: getattr(settings, name) for name in RUN_SETTINGS
             if name in settings.model_fields_set}
 
 
@@ -154,8 +154,8 @@ class TrialLockManager:
     (:class:`FileLockManager`); without, ``PIPELINE_LOCKS`` decides, read when first used in
     the process that trains: unset, file locks beside the result storage; a Redis URL, Redis
     leases (module doc). Pickles as its ``directory`` and the submitting run's lock settings
-    (:func:`run_lock_settings`): a worker process chooses its locks for itself, with the
-    run's lease and outage bound where the run set them."""
+    (:func:`run_settings`): a worker process chooses its locks for itself, with the
+    run's lease and outage bound (and test hold) where the run set them."""
 
     def __init__(self, directory: str | os.PathLike | None = None,
                  settings: dict[str, float] | None = None):
@@ -165,7 +165,7 @@ class TrialLockManager:
         self._guard = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {"directory": self.directory, "settings": self.settings or run_lock_settings()}
+        return {"directory": self.directory, "settings": self.settings or run_settings()}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["directory"], state.get("settings"))
@@ -180,7 +180,7 @@ class TrialLockManager:
                 settings = current()
                 url = None if self.directory is not None else settings.locks
                 if url:
-                    values = {name: getattr(settings, name) for name in RUN_LOCK_SETTINGS}
+                    values = {name: getattr(settings, name) for name in RUN_SETTINGS}
                     values.update(self.settings)
                     self._manager = redis_lease_lock_manager(
                         url, lease=values["lock_lease"], outage=values["outage"])
@@ -197,6 +197,11 @@ class TrialLockManager:
         return await self.manager.aacquire_lock(key, holder, acquire_timeout, hold_timeout)
 
     def release_lock(self, key: str, holder: str) -> None:
+        from tasks.settings import current
+        from tasks.trial.hold import hold_at_release
+
+        # the test hold's points "stored" and "release" (tests only; off by default)
+        hold_at_release(key, current().model_copy(update=self.settings))
         self.manager.release_lock(key, holder)
 
     def is_locked(self, key: str) -> bool:

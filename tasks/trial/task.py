@@ -28,6 +28,7 @@ from tasks.trial.faults import (
     maybe_inject_fault,
     retry_only_transient,
 )
+from tasks.trial.hold import epoch_hooks, hold
 from tasks.trial.latency import measure_weights
 from tasks.trial.leases import ensure_lease, stop_if_lease_lost
 from tasks.trial.locks import TrialLockManager
@@ -81,10 +82,13 @@ def train_trial(
     maybe_inject_fault(config, attempt)
     key = trial_key(config, data.fingerprint, backend)
     final_path = weights_path_for(key, data_dir)
+    hold("train", key, attempt=attempt)  # the test hold (tests only: tasks.trial.hold)
     if link is not None and link.pruner != "none":
         return train_prunable(config, data, backend, key, final_path, link, attempt)
     # a trial whose lease another run took (team stack) stops at its next epoch
-    on_epoch = stop_if_lease_lost(None if link is None else epoch_reporter(link, config.epochs))
+    on_epoch = epoch_hooks(
+        stop_if_lease_lost(None if link is None else epoch_reporter(link, config.epochs)),
+        key, attempt)
     outcome = train_model(
         config,
         load_splits(data),
@@ -153,8 +157,8 @@ def train_prunable(config: TrialConfig, data: DataHandle, backend: str, key: str
                                  attempt)
     scratch = final_path.with_name("prunable" + WEIGHTS_SUFFIX)
     outcome = train_model(config, load_splits(data), backend=backend, weights_path=scratch,
-                          on_epoch=stop_if_lease_lost(
-                              epoch_reporter(link, config.epochs, known, trial)))
+                          on_epoch=epoch_hooks(stop_if_lease_lost(
+                              epoch_reporter(link, config.epochs, known, trial)), key, attempt))
     if len(outcome.history) == config.epochs:  # not pruned: an ordinary finished trial
         os.replace(scratch, final_path)
         outcome.weights_path = str(final_path)
