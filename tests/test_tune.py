@@ -218,8 +218,8 @@ def test_a_trial_whose_tune_process_is_gone_is_failed_at_once(mnist_file, tmp_pa
     import psutil
 
     from tasks.data.prepare import prepare_data
-    from tasks.search.tune.recovery import OWNER_ATTR, owner_gone, this_owner
     from tasks.search.tune.proposer import TuneProposer
+    from tasks.search.tune.recovery import OWNER_ATTR, owner_gone, this_owner
 
     handle, _ = prepare_data(mnist_file, SplitSpec())
     space = make_tune_space(**{**TINY, "units": "int_log:8:64"})
