@@ -110,3 +110,22 @@ class Hold:
 
         return wait_for(holding, what or f"{count} trial(s) held at {point}", timeout, why=why,
                         every=0.02)
+
+    def let_through(self, point: str, done, *, what: str, timeout: float = WAIT_BOUND,
+                    why: str = "") -> dict:
+        """With ``point`` armed: let every trial that holds there go, one key at a time, until
+        ``done()`` is true (e.g. the run has its first result); then wait for a trial held
+        there that was not let go, and return it: a trial in flight, however fast the
+        machine."""
+        released: set[str] = set()
+
+        def progressed():
+            for info in self.held(point):
+                if info["key"] not in released:
+                    released.add(info["key"])
+                    self.release(point, info["key"])
+            return done()
+
+        wait_for(progressed, what, timeout, why=why, every=0.02)
+        return self.wait(point, where=lambda h: h["key"] not in released,
+                         what=f"a trial held at {point} after {what}")[0]

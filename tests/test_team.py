@@ -37,6 +37,7 @@ holds them already.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -48,7 +49,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
+from holds import Hold, speed_env, train_samples, wait_for
 
 from tasks.settings import read_env_file
 
@@ -111,19 +112,6 @@ def _free(port: int) -> bool:
     return True
 
 
-def wait_for(check, timeout: float, what: str, every: float = 0.2):
-    """Poll ``check()`` until it returns something true (returned), or fail after
-    ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
 # --------------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------------
@@ -143,10 +131,10 @@ class Stack:
         return urlsplit(self.team["PREFECT_API_URL"]).hostname
 
     def client_env(self, home: Path, **settings: str) -> dict[str, str]:
-        """A client machine: team.env over this environment, a Prefect home of its own,
-        ``settings`` over both."""
+        """A client machine: team.env over this environment, a Prefect home of its own, the
+        variant's test settings (tests/holds.py), ``settings`` over all."""
         home.mkdir(parents=True, exist_ok=True)
-        return {**self.env, **self.team, "PREFECT_HOME": str(home), **settings}
+        return {**self.env, **self.team, "PREFECT_HOME": str(home), **speed_env(), **settings}
 
     def pid(self, name: str) -> int:
         return int((self.folder / "run" / f"{name}.pid").read_text())
@@ -176,6 +164,37 @@ class Stack:
     def answers(self) -> str | None:
         """None if every service answers, else what does not."""
         return answers(self.team)
+
+    def healthy(self) -> str | None:
+        """None if every service answers and every process of the stack runs: the Dask
+        workers (as many as it started) and the Prefect worker too; else what is wrong."""
+        import psutil
+
+        down = self.answers()
+        if down:
+            return down
+        if not psutil.pid_exists(self.pid("worker")) or \
+                psutil.Process(self.pid("worker")).status() in ("zombie", "stopped"):
+            return "the Prefect worker is not running"
+        expected = int(self.env.get("MNIST_TEAM_DASK_WORKERS", "2"))
+        try:
+            workers = len(self.dask_workers())
+        except Exception as exc:
+            return f"Dask workers: {exc}"
+        return None if workers >= expected else f"{workers} of {expected} Dask workers"
+
+    def continue_all(self) -> list[int]:
+        """SIGCONT to every stopped process of the stack (scripts/procs.sh counts a stopped
+        process as running: up.sh would not restart it); the pids continued."""
+        continued = []
+        for process in stack_processes(self):
+            try:
+                if process.status() == "stopped":
+                    process.resume()
+                    continued.append(process.pid)
+            except Exception:
+                continue
+        return continued
 
     def dask_workers(self) -> dict[str, dict]:
         """address -> {pid, executing: tasks running now, leases: the trial keys whose Redis
@@ -310,10 +329,62 @@ def mnist_big(tmp_path_factory) -> Path:
                      synthetic_mnist(n_train=4000, n_test=10000, seed=1))
 
 
+@pytest.fixture
+def hold(tmp_path) -> Hold:
+    """The test hold of this test's runs (give them ``**hold.env``): a trial in flight is one
+    the test holds (tests/holds.py). Everything released at the test's end."""
+    test_hold = Hold(tmp_path / "hold")
+    try:
+        yield test_hold
+    finally:
+        test_hold.release_all()
+
+
+@pytest.fixture(autouse=True)
+def heal_after_each_test(request):
+    """After each test that uses the stack: its background commands ended, its holds released
+    (the ``hold`` fixture), every stopped process of the stack continued (SIGCONT), and every
+    service checked (the Prefect server, PostgreSQL, Redis, the Dask scheduler and workers, the
+    Prefect worker); what is down is started again (``scripts/up.sh --team``). The test that
+    left the stack so fails here, saying what it left; the next one starts on a healthy
+    stack."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack = request.getfixturevalue("stack")
+    STARTED.clear()
+    yield
+    left = []
+    for run in STARTED:
+        if run.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.process.wait(timeout=30)
+            left.append(f"ended a command still running ({' '.join(run.command[1:2])})")
+    STARTED.clear()
+    continued = stack.continue_all()
+    if continued:
+        left.append(f"continued stopped processes of the stack {continued}")
+    wrong = stack.healthy()
+    deadline = time.monotonic() + 30  # a killed Dask worker's nanny starts a new one in seconds
+    while wrong and time.monotonic() < deadline:
+        time.sleep(1)
+        wrong = stack.healthy()
+    if wrong:
+        stack.up()
+        left.append(f"the stack was broken ({wrong}): started again by scripts/up.sh --team, "
+                    f"now {stack.healthy() or 'healthy'}")
+    if left:
+        pytest.fail("this test left the stack unclean: " + "; ".join(left))
+
+
 # --------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------
 PROGRESS = re.compile(r"^\[\s*\d+(?:/\d+)?\] (?P<label>.+?) -> (?P<outcome>.+)$")
+#: The background commands the running test started (ended by :func:`heal_after_each_test`).
+STARTED: list[Run] = []
 
 
 @dataclass
@@ -329,7 +400,8 @@ class Run:
     def __post_init__(self):
         self.process = subprocess.Popen(self.command, cwd=PROJECT_ROOT, env=self.env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+                                        text=True, start_new_session=True)
+        STARTED.append(self)
         self._errors: list[str] = []
         self._readers = [threading.Thread(target=self._read, daemon=True),
                          threading.Thread(target=self._read_errors, daemon=True)]
@@ -601,80 +673,52 @@ def test_two_tunes_of_one_study_on_postgresql(stack, mnist_file, tmp_path):
 # --------------------------------------------------------------------------------------------
 # c, d: a lost worker, a restarted server
 # --------------------------------------------------------------------------------------------
-def is_busy(worker: dict) -> bool:
-    """Whether a Dask worker (:meth:`Stack.dask_workers`) trains a trial: it runs a task and
-    holds the trial's Redis lease."""
-    return bool(worker["executing"] and worker["leases"])
+#: The wait for a command's first trial to reach a hold may exceed the usual bound: why.
+STARTUP = ("the command's start-up before its first trial: imports, the data step, the Dask "
+           "client (about 15 s on an idle 2-core machine, more on a loaded one)")
 
 
-def busy_worker(stack: Stack) -> dict | None:
-    """A Dask worker training a trial, or None."""
-    return next(filter(is_busy, stack.dask_workers().values()), None)
+def dask_pids(stack: Stack) -> set[int]:
+    return {worker["pid"] for worker in stack.dask_workers().values()}
 
 
-@contextmanager
-def workers_stopped(stack: Stack, run: Run, cells: int):
-    """Once ``run`` has a result and a Dask worker trains one of its trials (holds its lease),
-    every Dask worker stopped (SIGSTOP) for the block, continued (SIGCONT) after it: a service
-    the block takes away is away while trials are still to run and report, however fast the
-    machine. (Without this a run of 4 cells at 0.1 s a trial ended before Redis stopped.)
-    Yields the results the run had when its workers stopped."""
-    def ready() -> list[int]:
-        if run.process.poll() is not None:
-            run.wait()
-            pytest.fail(f"the run ended (exit {run.process.returncode}) before its workers "
-                        f"could be stopped:\n{run.output[-3000:]}")
-        if run.finished() < 1:
-            return []
-        workers = stack.dask_workers().values()
-        return [w["pid"] for w in workers] if any(map(is_busy, workers)) else []
-
-    pids = wait_for(ready, 300, "the first result, and a Dask worker training a trial")
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        finished = run.finished()
-        assert finished < cells, f"all {cells} results in before the workers stopped"
-        yield finished
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+def first_result_then_held(run: Run, hold: Hold) -> dict:
+    """With ``train`` armed: let the first trial that holds go, wait for its result, and
+    return a second trial held before training. The run then has a result and a trial in
+    flight, however fast the machine."""
+    [first] = hold.wait("train", what="a first trial held before training", timeout=180,
+                        why=STARTUP)
+    hold.release("train", first["key"])
+    wait_for(lambda: run.finished() >= 1 or run.process.poll() is not None,
+             "the first trial's result")
+    assert run.process.poll() is None, run.output[-3000:]
+    [second] = hold.wait("train", where=lambda h: h["key"] != first["key"],
+                         what="a second trial held before training")
+    return second
 
 
-def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path):
+def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path, hold):
+    """The Dask worker training a trial (held after its first epoch: it has stored nothing)
+    killed with ``kill -9``: the run completes, and that trial is trained again by another
+    worker once its lease (5 s for this run) expires."""
     import psutil
 
     # a short lease for this run (it travels with its trials): the killed worker's key is
     # free 5 s after the kill
-    env = stack.client_env(tmp_path / "client", PIPELINE_LOCK_LEASE="5")
+    env = stack.client_env(tmp_path / "client", PIPELINE_LOCK_LEASE="5", **hold.env)
     cells = ["--units", "64", "96", "128", "--dropout", "0", "0.3", "--batch-size", "16",
-             "--epochs", "3", "--train-samples", "4000", "--train-seed", seed(3)]
-    # the state this test needs: no trial of an earlier test still training on a worker (a
-    # run that ended in one line leaves its running trials to finish), no lease in Redis
-    wait_for(lambda: not any(w["executing"] or w["leases"]
-                             for w in stack.dask_workers().values()) and not stack.leases(),
-             300, "the Dask workers idle and no lease held")
+             "--epochs", "3", "--train-samples", train_samples(4000), "--train-seed", seed(3)]
     workers = len(stack.dask_workers())
     storage = Path(stack.team["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
     started = time.time()
+    hold.arm("epoch")
     run = Run(grid_command(mnist_big, tmp_path / "reports", stack, cells), env)
-
-    def training():
-        """A worker stopped (SIGSTOP) while it trains a trial whose result is not stored yet
-        (however fast the machine, it cannot store it before the kill); None if the one found
-        had stored it already (continued: look again)."""
-        worker = busy_worker(stack)
-        if worker is None:
-            return None
-        os.kill(worker["pid"], signal.SIGSTOP)
-        if any((storage / key).exists() for key in worker["leases"]):
-            os.kill(worker["pid"], signal.SIGCONT)
-            return None
-        return worker
-
-    worker = wait_for(training, 300, "a Dask worker training a trial")
-    killed, killed_at, killed_time = worker["pid"], time.monotonic(), time.time()
-    os.kill(killed, signal.SIGKILL)  # stopped: it stored nothing since the check
+    [held] = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
+                       why=STARTUP)
+    assert held["pid"] in dask_pids(stack), (held, dask_pids(stack))
+    killed, key, killed_at, killed_time = held["pid"], held["key"], time.monotonic(), time.time()
+    os.kill(killed, signal.SIGKILL)
+    hold.release_all()
     finished = run.finished()
     assert run.wait() == 0, run.output[-3000:]
     assert_clean(run)
@@ -683,17 +727,17 @@ def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path)
     table = report_table(tmp_path / "reports")
     assert len(table) == 6 and (table["status"] == "completed").all()
     assert int((~table["cached"]).sum()) == 6  # all trained, the killed one's too
-    # the trial the killed worker was training (it held its lease) was trained again, by
-    # another worker: its result was stored after the kill
-    [key] = [key.removeprefix("trial-") for key in worker["leases"]]
+    # the trial the killed worker was training was trained again, by another worker: its
+    # result was stored after the kill
     stored = storage / f"trial-{key}"
     assert key in set(table["trial_key"]) and stored.stat().st_mtime > killed_time
     runs = killed_trial_runs(stack, started)
-    print(f"\n(c) worker {killed} killed while it trained {key} ({finished} results before); "
-          f"run completed {after_kill:.0f} s later; {int((~table['cached']).sum())} of 6 "
-          f"trained, {key} stored {stored.stat().st_mtime - killed_time:.0f} s after the "
-          f"kill; task runs that Prefect saw enter Running twice: {runs}")
-    wait_for(lambda: len(stack.dask_workers()) == workers, 120, "the nanny's new worker")
+    print(f"\n(c) worker {killed} killed while it held {key} after an epoch ({finished} "
+          f"results before); run completed {after_kill:.0f} s later; "
+          f"{int((~table['cached']).sum())} of 6 trained, {key} stored "
+          f"{stored.stat().st_mtime - killed_time:.0f} s after the kill; task runs that "
+          f"Prefect saw enter Running twice: {runs}")
+    wait_for(lambda: len(stack.dask_workers()) == workers, "the nanny's new worker")
 
 
 def killed_trial_runs(stack: Stack, since: float) -> list[str]:
@@ -726,35 +770,41 @@ def killed_trial_runs(stack: Stack, since: float) -> list[str]:
         return asyncio.run(read())
 
 
-def test_a_prefect_server_restart_mid_run(stack, mnist_big, tmp_path):
-    """The server stopped after the first result, and the Dask workers killed just before:
-    the new workers their nannies start train the trial in flight with no server (this ended
-    the run with `RuntimeError: Failed to reach API` before team.env turned Prefect's version
-    check off: a new worker's first trial checked it with a new client, which does not retry
-    a refused connection).
-    ``scripts/up.sh --team`` starts the server again; the run completes (its client retries
-    for about 4 minutes: PREFECT_CLIENT_MAX_RETRIES=7 in team.env)."""
-    env = stack.client_env(tmp_path / "client", PIPELINE_LOCK_LEASE="5")
+def test_a_prefect_server_restart_mid_run(stack, mnist_big, tmp_path, hold):
+    """Every Dask worker killed while one holds a trial after an epoch, and the server
+    stopped: a new worker that its nanny starts takes the trial and trains it with no server
+    (held again after an epoch while the server is away: this ended the run with
+    `RuntimeError: Failed to reach API` before team.env turned Prefect's version check off: a
+    new worker's first trial checked it with a new client, which does not retry a refused
+    connection). ``scripts/up.sh --team`` starts the server again; the run completes (its
+    client retries for about 4 minutes: PREFECT_CLIENT_MAX_RETRIES=7 in team.env)."""
+    env = stack.client_env(tmp_path / "client", PIPELINE_LOCK_LEASE="5", **hold.env)
     cells = ["--units", "24", "40", "56", "--dropout", "0", "0.2", "--batch-size", "16",
-             "--epochs", "6", "--train-samples", "4000", "--train-seed", seed(4)]
+             "--epochs", "6", "--train-samples", train_samples(4000), "--train-seed", seed(4)]
+    hold.arm("epoch")
     run = Run(grid_command(mnist_big, tmp_path / "reports", stack, cells), env)
-    wait_for(lambda: run.finished() >= 1 and busy_worker(stack), 300,
-             "the first result, and a Dask worker training a trial")
-    # every worker killed, the server stopped (in a second): the trial in flight goes to a
-    # new worker (a nanny starts one, in a few seconds), which trains it with no server
-    killed = stack.dask_workers().values()
-    before = {w["pid"] for w in killed}
-    for worker in killed:
-        os.kill(worker["pid"], signal.SIGKILL)
+    hold.wait("epoch", what="a Dask worker holding a trial after an epoch", timeout=180,
+              why=STARTUP)
+    # every worker killed, the server stopped: the trial in flight goes to a new worker
+    before = dask_pids(stack)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
     stopped = stop_service(stack, "server")
-    wait_for(lambda: [w for w in stack.dask_workers().values()
-                      if w["leases"] and w["pid"] not in before], 180,
-             "a new Dask worker training a trial while the server is away")
-    stack.up()
+    try:
+        [again] = hold.wait(
+            "epoch", where=lambda h: h["pid"] not in before,
+            what="a new Dask worker training a trial while the server is away", timeout=120,
+            why="a nanny starts a new worker (seconds), which takes the killed trial once its "
+                "lease (5 s) expires and trains an epoch")
+        assert stack.answers() is not None  # the server is still away
+    finally:
+        hold.release_all()
+        stack.up()
     away = time.monotonic() - stopped
     code = run.wait()
-    print(f"\n(d) server away {away:.0f} s (up.sh included); {len(killed)} worker(s) killed "
-          f"meanwhile, a new one trained with no server: exit {code}; {run.summary()!r}")
+    print(f"\n(d) server away {away:.0f} s (up.sh included); {len(before)} worker(s) killed "
+          f"meanwhile, a new one ({again['pid']}, attempt {again['attempt']}) trained "
+          f"{again['key']} with no server: exit {code}; {run.summary()!r}")
     assert code == 0, run.output[-3000:]
     assert_clean(run)
     table = report_table(tmp_path / "reports")
@@ -762,19 +812,25 @@ def test_a_prefect_server_restart_mid_run(stack, mnist_big, tmp_path):
 
 
 def test_the_prefect_server_away_past_the_retry_budget_ends_in_one_line(stack, mnist_big,
-                                                                        tmp_path):
-    """With the client's budget lowered to 2 retries (2 + 4 s), a server away for longer:
-    the run ends with one line; its rerun resumes, training no finished trial again."""
-    env = stack.client_env(tmp_path / "client", PREFECT_CLIENT_MAX_RETRIES="2")
+                                                                        tmp_path, hold):
+    """With the client's budget lowered to 2 retries (2 + 4 s), a server away for longer
+    (stopped while the run has a result and a trial in flight, held): the run ends with one
+    line; its rerun resumes, training no finished trial again."""
+    env = stack.client_env(tmp_path / "client", PREFECT_CLIENT_MAX_RETRIES="2", **hold.env)
     cells = ["--units", "24", "40", "56", "--dropout", "0", "0.2", "--batch-size", "32",
-             "--epochs", "2", "--train-samples", "4000", "--train-seed", seed(5)]
+             "--epochs", "2", "--train-samples", train_samples(4000), "--train-seed", seed(5)]
     command = grid_command(mnist_big, tmp_path / "reports", stack, cells)
+    hold.arm("train")
     run = Run(command, env)
-    with workers_stopped(stack, run, 6) as finished:
-        stopped = stop_service(stack, "server")
-    code = run.wait(timeout=300)  # the server stays away until the run has given up
-    ended = time.monotonic() - stopped
-    stack.up()
+    first_result_then_held(run, hold)
+    finished = run.finished()
+    stopped = stop_service(stack, "server")
+    try:
+        hold.release_all()
+        code = run.wait(timeout=300)  # the server stays away until the run has given up
+        ended = time.monotonic() - stopped
+    finally:
+        stack.up()
     line = assert_one_line(run, "ConnectError|Failed to reach API|connect")
     others = len(LOG_SENDER.findall(run.stderr))
     rerun = Run(command, stack.client_env(tmp_path / "client"))
@@ -793,42 +849,58 @@ def two_grids(stack: Stack, mnist: Path, tmp_path: Path, cells: list[str], **set
 
 
 def test_a_redis_restart_mid_run_fails_no_trial_and_trains_each_cell_once(stack, mnist_big,
-                                                                         tmp_path):
-    """Redis stopped while two grids over the same cells train (leases held, runs waiting),
-    started again by ``scripts/up.sh --team`` at least 7 s later: every trial waits it out
-    (PIPELINE_OUTAGE, 120 s), and the leases come back from Redis' append-only file."""
+                                                                         tmp_path, hold):
+    """Redis stopped while two grids over the same cells train (a trial held after an epoch,
+    its lease held, the other run waiting), started again by ``scripts/up.sh --team`` at least
+    7 s later: every trial waits it out (PIPELINE_OUTAGE, 120 s), and the leases come back from
+    Redis' append-only file."""
     cells = ["--units", "24", "40", "--dropout", "0", "0.2", "--batch-size", "32",
-             "--epochs", "6", "--train-samples", "4000", "--train-seed", seed(6)]
-    runs = two_grids(stack, mnist_big, tmp_path, cells)
-    held = wait_for(stack.leases, 300, "a lease in Redis (a trial training)")
+             "--epochs", "6", "--train-samples", train_samples(4000), "--train-seed", seed(6)]
+    hold.arm("epoch")
+    runs = two_grids(stack, mnist_big, tmp_path, cells, **hold.env)
+    held = hold.wait("epoch", what="a trial training, its lease held", timeout=180,
+                     why=STARTUP)
+    leases = stack.leases()
     stopped = stop_service(stack, "redis")
-    time.sleep(7.5)
-    back = stack.back_after(stack.redis().ping, stopped)
-    stack.up()
-    away = wait_for(lambda: back.get("away"), 60, "Redis to answer")
+    try:
+        hold.release_all()  # the trials go on, and need Redis to finish
+        time.sleep(7.5)
+        back = stack.back_after(stack.redis().ping, stopped)
+    finally:
+        stack.up()
+    away = wait_for(lambda: back.get("away"), "Redis to answer")
     for run in runs:
         assert run.wait() == 0, run.output[-3000:]
         assert_clean(run)
     tables = [report_table(tmp_path / f"reports{i}") for i in (1, 2)]
     trained = trainings_per_cell(*tables)
     failed = sum(int((table["status"] != "completed").sum()) for table in tables)
-    print(f"\n(e) Redis stopped with {len(held)} lease(s) held, answering again {away:.1f} s "
-          f"later: {failed} failed, trainings per cell {sorted(trained.values())}")
-    assert failed == 0 and len(trained) == 4 and set(trained.values()) == {1}, trained
+    print(f"\n(e) Redis stopped with {len(leases)} lease(s) held ({len(held)} trial(s) held "
+          f"after an epoch), answering again {away:.1f} s later: {failed} failed, trainings "
+          f"per cell {sorted(trained.values())}")
+    assert leases and failed == 0 and len(trained) == 4 and set(trained.values()) == {1}, \
+        trained
 
 
-def test_redis_away_past_the_outage_bound_ends_the_run_in_one_line(stack, mnist_big, tmp_path):
-    """PIPELINE_OUTAGE=3 for this run (it travels with its trials): Redis away longer ends
-    the run with one line naming it; once Redis is back the rerun resumes."""
+def test_redis_away_past_the_outage_bound_ends_the_run_in_one_line(stack, mnist_big, tmp_path,
+                                                                   hold):
+    """PIPELINE_OUTAGE=3 for this run (it travels with its trials): Redis away longer (stopped
+    while the run has a result and a trial in flight, held) ends the run with one line naming
+    it; once Redis is back the rerun resumes."""
     cells = ["--units", "24", "40", "56", "72", "--dropout", "0", "0.2", "--batch-size", "32",
-             "--epochs", "4", "--train-samples", "4000", "--train-seed", seed(7)]
+             "--epochs", "4", "--train-samples", train_samples(4000), "--train-seed", seed(7)]
     command = grid_command(mnist_big, tmp_path / "reports", stack, cells)
-    run = Run(command, stack.client_env(tmp_path / "client", PIPELINE_OUTAGE="3"))
-    with workers_stopped(stack, run, 8) as finished:
-        stopped = stop_service(stack, "redis")
-    code = run.wait(timeout=300)  # Redis stays away until the run has given up
-    ended = time.monotonic() - stopped
-    stack.up()
+    hold.arm("train")
+    run = Run(command, stack.client_env(tmp_path / "client", PIPELINE_OUTAGE="3", **hold.env))
+    first_result_then_held(run, hold)
+    finished = run.finished()
+    stopped = stop_service(stack, "redis")
+    try:
+        hold.release_all()
+        code = run.wait(timeout=300)  # Redis stays away until the run has given up
+        ended = time.monotonic() - stopped
+    finally:
+        stack.up()
     line = assert_one_line(run, r"LockServiceDown: the trial locks' Redis .* did not answer "
                                 r"for 3 s")
     rerun = Run(command, stack.client_env(tmp_path / "client"))
@@ -837,62 +909,70 @@ def test_redis_away_past_the_outage_bound_ends_the_run_in_one_line(stack, mnist_
           f"later, exit {code}: {line!r}; the rerun: {rerun.summary()!r}")
 
 
-def test_a_worker_stalled_past_its_lease_then_continued(stack, mnist_big, tmp_path):
-    """The Dask worker training a trial stopped (SIGSTOP) for 8 s, past its 3-s lease (this
-    run's PIPELINE_LOCK_LEASE), while another grid asks the same cells: when it continues its
-    renewal finds the lease lapsed (taken again if free) or another run's (the trial stops and
-    its retry takes that run's result); no trial fails, each cell is trained once."""
+def test_a_worker_stalled_past_its_lease_then_continued(stack, mnist_big, tmp_path, hold):
+    """The Dask worker training a trial (held after an epoch) stopped (SIGSTOP) for 8 s, past
+    its 3-s lease (this run's PIPELINE_LOCK_LEASE), while another grid asks the same cells:
+    when it continues its renewal finds the lease lapsed (taken again if free) or another
+    run's (the trial stops and its retry takes that run's result); no trial fails, each cell
+    is trained once."""
     cells = ["--units", "48", "80", "--dropout", "0", "0.2", "--batch-size", "16",
-             "--epochs", "5", "--train-samples", "4000", "--train-seed", seed(8)]
+             "--epochs", "5", "--train-samples", train_samples(4000), "--train-seed", seed(8)]
     logs = {path: path.stat().st_size for path in (stack.folder / "logs").glob("dask-*.log")}
-    runs = two_grids(stack, mnist_big, tmp_path, cells, PIPELINE_LOCK_LEASE="3")
-    worker = wait_for(lambda: busy_worker(stack), 300, "a Dask worker training a trial")
-    os.kill(worker["pid"], signal.SIGSTOP)
+    hold.arm("epoch")
+    runs = two_grids(stack, mnist_big, tmp_path, cells, PIPELINE_LOCK_LEASE="3", **hold.env)
+    [held] = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
+                       why=STARTUP)
+    os.kill(held["pid"], signal.SIGSTOP)
     try:
+        hold.release_all()  # it goes on when continued; the other run's trials do not wait
         time.sleep(8)
     finally:
-        os.kill(worker["pid"], signal.SIGCONT)
+        os.kill(held["pid"], signal.SIGCONT)
     for run in runs:
         assert run.wait() == 0, run.output[-3000:]
         assert_clean(run)
     tables = [report_table(tmp_path / f"reports{i}") for i in (1, 2)]
     trained = trainings_per_cell(*tables)
     said = "".join(path.read_text()[size:] for path, size in logs.items())  # meanwhile
-    print(f"\n(i) worker {worker['pid']} stopped 8 s (lease 3 s): trainings per cell "
-          f"{sorted(trained.values())}; leases that lapsed and were taken again: "
-          f"{said.count('had lapsed')}, lost to another run: {said.count('was lost to')}")
+    print(f"\n(i) worker {held['pid']} stopped 8 s while it held {held['key']} (lease 3 s): "
+          f"trainings per cell {sorted(trained.values())}; leases that lapsed and were taken "
+          f"again: {said.count('had lapsed')}, lost to another run: {said.count('was lost to')}")
     assert len(trained) == 4 and set(trained.values()) == {1}, trained
 
 
 def test_a_run_stalled_past_its_lease_stops_and_takes_the_result_of_the_run_that_took_it(
-        stack, mnist_big, tmp_path):
+        stack, mnist_big, tmp_path, hold):
     """Two grids of the same cell training in their own processes (threads), with the team's
-    Redis locks and a 3-s lease: the holder stopped (SIGSTOP) as soon as it holds the lease, the
-    second run started then, takes the lapsed lease and trains; the holder continued: its
+    Redis locks and a 3-s lease: the holder, held after its first epoch, stopped (SIGSTOP);
+    the second run, started then, takes the lapsed lease and trains; the holder continued: its
     renewal finds the lease another's, the training stops at its next epoch (LeaseLost,
     retried), and the retry takes the other run's result from the cache. The cell is trained
-    once. (The holder is stopped before the second run starts, so that run cannot find the cell
-    already trained however fast the machine: an earlier version waited for the second run to
-    poll the lease and lost that race once.)"""
+    once."""
     command = [sys.executable, "flows/grid.py", "--data", str(mnist_big), "--units", "256",
                "--dropout", "0.1", "--batch-size", "16", "--epochs", "12",
-               "--train-samples", "4000", "--train-seed", seed(10), "--runner", "threads"]
+               "--train-samples", train_samples(4000), "--train-seed", seed(10),
+               "--runner", "threads"]
 
-    def start(i: int) -> Run:
+    def start(i: int, **settings: str) -> Run:
         return Run([*command, "--reports-dir", str(tmp_path / f"reports{i}")],
-                   stack.client_env(tmp_path / f"client{i}", PIPELINE_LOCK_LEASE="3"))
+                   stack.client_env(tmp_path / f"client{i}", PIPELINE_LOCK_LEASE="3",
+                                    **settings))
 
-    runs = [start(1)]
-    [lease] = wait_for(stack.leases, 300, "the first run's lease", every=0.01)
-    os.kill(runs[0].process.pid, signal.SIGSTOP)
+    hold.arm("epoch")
+    runs = [start(1, **hold.env)]
+    [held] = hold.wait("epoch", what="the first run's trial after an epoch", timeout=180,
+                       why=STARTUP)
+    assert held["pid"] == runs[0].process.pid
+    [lease] = stack.leases()
+    holder = stack.redis().get(lease)
+    os.kill(held["pid"], signal.SIGSTOP)
     try:
-        holder = stack.redis().get(lease)
-        assert holder is not None, "the first run finished its training before it was stopped"
+        hold.release_all()  # it goes on when continued
         runs.append(start(2))
-        wait_for(lambda: stack.redis().get(lease) not in (None, holder), 300,
-                 "the second run taking the lapsed lease")
+        wait_for(lambda: stack.redis().get(lease) not in (None, holder),
+                 "the second run taking the lapsed lease", timeout=180, why=STARTUP)
     finally:
-        os.kill(runs[0].process.pid, signal.SIGCONT)
+        os.kill(held["pid"], signal.SIGCONT)
     for run in runs:
         assert run.wait() == 0, run.output[-3000:]
         assert_clean(run)
@@ -909,26 +989,43 @@ def test_a_run_stalled_past_its_lease_stops_and_takes_the_result_of_the_run_that
 # --------------------------------------------------------------------------------------------
 def test_postgresql_restarted_mid_grid_and_mid_tune(stack, mnist_big, tmp_path):
     """PostgreSQL (the Prefect server's database and the Optuna storage) stopped and started
-    again while a grid and a tune run: the Prefect clients retry the server's 500s
-    (PREFECT_CLIENT_RETRY_EXTRA_CODES=500 in team.env), the Optuna storage's connections wait
-    for PostgreSQL (PIPELINE_OUTAGE). Each run completes, or ends with one line and its rerun
-    resumes; no trial is left running in the Optuna storage."""
+    again while a grid and a tune run, each with a result and a trial in flight (held before
+    training; each run trains in its own process, so neither waits for the other's held
+    trials): the Prefect clients retry the server's 500s (PREFECT_CLIENT_RETRY_EXTRA_CODES=500
+    in team.env), the Optuna storage's connections wait for PostgreSQL (PIPELINE_OUTAGE). Each
+    run completes, or ends with one line and its rerun, started at once, resumes; no trial is
+    left running in the Optuna storage (a run's own exit fails the trials it held, and a rerun
+    fails those of a run whose process is gone at once)."""
+    samples = train_samples(4000)
+    local = ["--runner", "threads", "--workers", "1"]
     grid_cells = ["--units", "24", "40", "56", "--dropout", "0", "0.2", "--batch-size", "32",
-                  "--epochs", "3", "--train-samples", "4000", "--train-seed", seed(9)]
+                  "--epochs", "3", "--train-samples", samples, "--train-seed", seed(9)]
     study = f"team-pg-restart-{seed(9)}"
     commands = {
-        "grid": grid_command(mnist_big, tmp_path / "grid", stack, grid_cells),
-        "tune": tune_command(mnist_big, tmp_path / "tune", stack, study, 5, seed(9)),
+        "grid": [*grid_command(mnist_big, tmp_path / "grid", stack, grid_cells)[:-4], *local],
+        "tune": [*tune_command(mnist_big, tmp_path / "tune", stack, study, 5, seed(9))[:-4],
+                 "--train-samples", samples, *local],
     }
-    runs = {name: Run(command, stack.client_env(tmp_path / name))
-            for name, command in commands.items()}
-    wait_for(lambda: all(run.finished() >= 1 for run in runs.values()), 300,
-             "a result of each run")
-    stopped = stop_service(stack, "postgres")
-    time.sleep(3)
-    back = stack.back_after(lambda: answers(stack.team) is None, stopped)
-    stack.up()
-    away = wait_for(lambda: back.get("away"), 60, "PostgreSQL to answer")
+    holds = {name: Hold(tmp_path / f"hold-{name}") for name in commands}
+    runs = {}
+    try:
+        for name, command in commands.items():
+            holds[name].arm("train")
+            runs[name] = Run(command, stack.client_env(tmp_path / name, **holds[name].env))
+        for name, run in runs.items():
+            first_result_then_held(run, holds[name])
+        stopped = stop_service(stack, "postgres")
+        try:
+            for name in runs:
+                holds[name].release_all()
+            time.sleep(3)
+            back = stack.back_after(lambda: answers(stack.team) is None, stopped)
+        finally:
+            stack.up()
+    finally:
+        for test_hold in holds.values():
+            test_hold.release_all()
+    away = wait_for(lambda: back.get("away"), "PostgreSQL to answer")
     outcomes = {}
     for name, run in runs.items():
         if run.wait() == 0:
@@ -936,7 +1033,7 @@ def test_postgresql_restarted_mid_grid_and_mid_tune(stack, mnist_big, tmp_path):
             outcomes[name] = "completed"
             continue
         line = assert_one_line(run, r"\w+")  # one line, whatever PostgreSQL's error said
-        rerun = Run(commands[name], stack.client_env(tmp_path / f"{name}-rerun"))
+        rerun = Run(commands[name], stack.client_env(tmp_path / f"{name}-rerun"))  # at once
         assert_resumed(run, rerun)
         outcomes[name] = f"ended with {line!r}, rerun resumed"
     assert running_optuna_trials(stack, study) == []
