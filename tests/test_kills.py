@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
+from holds import Hold, speed_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
                PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect" / "storage"),
                PIPELINE_DATA_DIR=str(home / "data"), PIPELINE_REPORTS_DIR=str(home / "reports"),
                PYTHONPATH=str(PROJECT_ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PIPELINE_RETRY_DELAYS="0,0", **extra)
+               PIPELINE_RETRY_DELAYS="0,0", **speed_env(), **extra)
     env.pop("PIPELINE_OPTUNA_STORAGE", None)
     env.pop("PIPELINE_LOCKS", None)
     env.pop("PIPELINE_FAULTS", None)
@@ -303,16 +304,6 @@ def waits_for_work(pid: int) -> bool:
         return False
 
 
-def busiest(pids: list[int]) -> int:
-    import psutil
-
-    processes = [psutil.Process(p) for p in pids]
-    for process in processes:
-        process.cpu_percent(None)
-    time.sleep(0.3)
-    return max(processes, key=lambda p: p.cpu_percent(None)).pid
-
-
 def kill_a_worker(moment: str, mnist_file: Path, home: Path) -> dict:
     """A grid on 2 worker processes, one killed at ``moment`` (:data:`MOMENTS`); returns the
     outcome (``missed`` when the moment passed before it could be hit), seconds from the kill
@@ -327,16 +318,21 @@ def kill_a_worker(moment: str, mnist_file: Path, home: Path) -> dict:
     shutdown = moment == "during the pool's shutdown"
     trials = 4 if shutdown else WORKER_TRIALS
     grid = SHUTDOWN_GRID if shutdown else WORKER_GRID
+    hold = Hold(home / "hold")
+    if moment == "mid-trial":  # a trial in flight is one the test holds (after an epoch)
+        hold.arm("epoch")
+        env.update(hold.env)
     with command(grid_args(mnist_file, home, *grid), env) as run:
         killed = None
         if moment == "before the first trial":
             workers = run.wait_for(run.workers, 180, "a worker process")
             if run.lines("[") == 0:
                 killed = workers[0]
-        elif moment == "mid-trial":
-            run.wait_for(lambda: run.lines("[1/"), 300, "a first result")
-            if run.lines("[") < WORKER_TRIALS - 1:
-                killed = busiest(run.workers())
+        elif moment == "mid-trial":  # after the first result, a worker holding a trial
+            held = hold.let_through("epoch", lambda: run.lines("[1/"), what="a first result",
+                                    timeout=300, why="a new Prefect home's server starts first")
+            killed = held["pid"]
+            assert killed in run.workers(), (held, run.workers())
         elif moment == "between trials":  # idle, waiting for the grid's next trial
             run.wait_for(lambda: run.lines("[1/"), 300, "a first result")
             pool = run.workers()
@@ -354,6 +350,7 @@ def kill_a_worker(moment: str, mnist_file: Path, home: Path) -> dict:
         if killed is not None:
             os.kill(killed, signal.SIGKILL)
             killed_at = time.monotonic()
+        hold.release_all()
         code = run.finish(timeout=300)
         ended = time.monotonic()
         outcome = ended_well(run, code, trials)
@@ -443,6 +440,10 @@ def kill_a_command(point: str, mnist_file: Path, home: Path) -> dict:
         ("--units", "8", "16", "--batch-size", "100", "--epochs", "1")))
     evidence = ""
     staged = staging_folders(home / "reports")  # left by an earlier kill
+    hold = Hold(home / "hold")
+    if training:  # a trial in flight: held before training on a worker
+        hold.arm("train")
+        env.update(hold.env)
     with command(args, env) as run:
         if point == "the server's start":
             [server] = run.wait_for(lambda: run.children("uvicorn"), 120, "the server process",
@@ -452,15 +453,17 @@ def kill_a_command(point: str, mnist_file: Path, home: Path) -> dict:
             run.wait_for(lambda: holds_a_lock_in(run.pid, home / "data" / "processed"), 180,
                          "the command holding the data lock", poll=0.001)
             evidence = "holding the data lock"
-        elif point in ("training", "a Dask run"):  # a worker holds a trial's lock: trains it
-            run.wait_for(lambda: any(holds_a_lock_in(w, home / "prefect") for w in run.workers()),
-                         300, "a worker training a trial", poll=0.05)
-            evidence = f"{len(run.workers())} worker processes"
+        elif point in ("training", "a Dask run"):  # a worker holds a trial (and its lock)
+            [held] = hold.wait("train", what="a worker holding a trial", timeout=300,
+                               why="a new Prefect home's server and the workers start first")[:1]
+            assert held["pid"] in run.workers(), (held, run.workers())
+            evidence = f"{len(run.workers())} worker processes, one holding a trial"
         elif point == "the report":
             run.wait_for(lambda: staging_folders(home / "reports") - staged, 300,
                          "the report's staging folder", poll=0.005)
             evidence = "report being written"
         family = run.kill()
+        hold.release_all()
         kinds = sorted(run.labels.values())
         seconds, left = run.left_after_kill()
     return {"point": point, "processes": len(family), "kinds": kinds, "evidence": evidence,
@@ -532,10 +535,11 @@ def test_the_server_ends_with_the_process_that_started_it(tmp_path):
 # 4. A tune killed at any point leaves a state the next command recovers from
 # --------------------------------------------------------------------------------------------
 #: Heartbeats every second and a dead tune's trials failed after this many seconds without
-#: one (60 s by default): set on the tune by :data:`TUNE_WRAPPER`.
+#: one (60 s by default, ``PIPELINE_TUNE_GRACE``): set on the tune by :data:`TUNE_WRAPPER`. A
+#: killed tune's trials are failed at once by the next all the same: their owner is gone.
 TUNE_GRACE = 4
-#: ``python -c`` code that runs flows/tune.py with :data:`TUNE_GRACE` (the tune has no
-#: setting for it; TuneProposer's keyword defaults are the flow's values).
+#: ``python -c`` code that runs flows/tune.py with :data:`TUNE_GRACE` and heartbeats every
+#: second (the interval has no setting; TuneProposer's keyword defaults are the flow's values).
 TUNE_WRAPPER = ("import runpy, sys\n"
                 "from tasks.search.tune.proposer import TuneProposer\n"
                 "TuneProposer.__init__.__kwdefaults__.update(heartbeat_interval=1, "
@@ -670,8 +674,8 @@ def kill_a_tune(mnist_file: Path, home: Path, trials: int, point: tuple[str, flo
         else:
             run.finish(60)
             at, left = None, []
-    if killed:  # no heartbeat after the kill: its trials are stale once the grace has passed
-        time.sleep(max(0.0, run.killed_at + TUNE_GRACE + 1 - time.monotonic()))
+    # no waiting out the grace period: the rerun, started at once, fails the killed tune's
+    # running trials since their owner (this host's process) is gone
     return {"kill": f"{kind} {parameter:g}", "killed": killed, "at": at, "left": left,
             "trained again": retrained(before, storage)}
 

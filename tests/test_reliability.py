@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT
+from holds import Hold, speed_env
 
 GRID = ["--dropout", "0", "0.2", "0.4", "--units", "8", "16", "--batch-size", "100",
         "--epochs", "1"]
@@ -30,8 +31,24 @@ def environment(home: Path) -> dict[str, str]:
     env.update(PREFECT_HOME=str(home / "prefect"),
                PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect" / "storage"),
                PIPELINE_DATA_DIR=str(home / "data"), PYTHONPATH=str(PROJECT_ROOT),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", **speed_env())
     return env
+
+
+def read_lines(process: subprocess.Popen):
+    """The process's stdout lines, read as they come by a thread of their own (returned too:
+    joined, it has read them all)."""
+    import threading
+
+    lines: list[str] = []
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
 
 
 def run(command, env, timeout=300):
@@ -53,20 +70,27 @@ def counts(stdout: str) -> str:
 
 @pytest.mark.slow
 def test_kill_and_resume_trains_only_the_unfinished_cells(mnist_file, tmp_path):
+    """Killed (kill -9) with 2 results in and a trial held before training (the test hold):
+    the rerun trains only what was not finished, and gives the table of an uninterrupted run."""
     env = environment(tmp_path / "home")
+    hold = Hold(tmp_path / "hold")
+    hold.arm("train")
     reports = tmp_path / "reports"
-    process = subprocess.Popen(grid_command(mnist_file, reports), cwd=PROJECT_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
-    finished = 0
-    deadline = time.monotonic() + 240
-    while finished < 2 and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        finished += line.startswith("[") and "trained in" in line
-    os.killpg(process.pid, signal.SIGKILL)  # the flow, its temporary server, everything
-    process.wait(timeout=30)
+    process = subprocess.Popen(grid_command(mnist_file, reports), cwd=PROJECT_ROOT,
+                               env={**env, **hold.env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines, _ = read_lines(process)
+
+    def results() -> int:
+        return sum(line.startswith("[") and "trained in" in line for line in list(lines))
+
+    try:
+        hold.let_through("train", lambda: results() >= 2, what="2 results", timeout=240,
+                         why="a new Prefect home's temporary server starts first")
+        finished = results()
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the flow, its temporary server, everything
+        process.wait(timeout=30)
     assert finished >= 2
     assert not reports.exists() or not [p for p in reports.iterdir() if not p.name.startswith(".")]
 
@@ -156,29 +180,25 @@ def test_a_killed_worker_is_a_transient_fault(runner, mnist_file, tmp_path):
     command = [sys.executable, "flows/grid.py", "--data", str(mnist_file), "--reports-dir",
                str(tmp_path / "reports"), "--dropout", "0", "0.2", "0.4", "--units", "96", "128",
                "--batch-size", "16", "--epochs", "12", "--runner", runner, "--workers", "2"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment(tmp_path / "home"),
+    hold = Hold(tmp_path / "hold")
+    hold.arm("epoch")
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT,
+                               env={**environment(tmp_path / "home"), **hold.env},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, killed = [], None
-    for line in process.stdout:
-        lines.append(line)
-        if killed is None and line.startswith("[1/6]"):
-            workers = [c for c in psutil.Process(process.pid).children(recursive=True)
-                       if "spawn_main" in " ".join(c.cmdline())]
-            # the busier worker over 0.1 s, every worker stopped (SIGSTOP) at its end: the
-            # trials left cannot finish while it is chosen and killed, however fast the machine
-            for worker in workers:
-                worker.cpu_percent(None)
-            time.sleep(0.1)
-            for worker in workers:
-                worker.suspend()
-            killed = max(workers, key=lambda c: c.cpu_percent(None)).pid
-            os.kill(killed, signal.SIGKILL)
-            for worker in workers:
-                if worker.pid != killed:
-                    worker.resume()
+    lines, reader = read_lines(process)
+    # the first result in, then a worker holding a trial after an epoch: that worker is
+    # killed, with its trial in flight, however fast the machine
+    held = hold.let_through("epoch", lambda: any(line.startswith("[1/6]") for line in lines),
+                            what="the first result", timeout=240,
+                            why="a new Prefect home's temporary server and the workers start")
+    killed = held["pid"]
+    workers = [c.pid for c in psutil.Process(process.pid).children(recursive=True)]
+    assert killed in workers, (held, workers)
+    os.kill(killed, signal.SIGKILL)
+    hold.release_all()
     err = process.stderr.read()
-    assert process.wait(timeout=60) == 0, err[-3000:]
-    assert killed is not None
+    assert process.wait(timeout=120) == 0, err[-3000:]
+    reader.join(30)
     out = "".join(lines)
     assert "Traceback" not in err and "Traceback" not in out
     if runner == "processes":
