@@ -181,7 +181,7 @@ class Stack:
             workers = len(self.dask_workers())
         except Exception as exc:
             return f"Dask workers: {exc}"
-        return None if workers >= expected else f"{workers} of {expected} Dask workers"
+        return None if workers >= expected else f"Dask workers: {workers} of {expected}"
 
     def continue_all(self) -> list[int]:
         """SIGCONT to every stopped process of the stack (scripts/procs.sh counts a stopped
@@ -368,7 +368,7 @@ def heal_after_each_test(request):
         left.append(f"continued stopped processes of the stack {continued}")
     wrong = stack.healthy()
     deadline = time.monotonic() + 30  # a killed Dask worker's nanny starts a new one in seconds
-    while wrong and time.monotonic() < deadline:
+    while wrong and wrong.startswith("Dask workers") and time.monotonic() < deadline:
         time.sleep(1)
         wrong = stack.healthy()
     if wrong:
