@@ -72,6 +72,11 @@ class Hold:
         (self.folder / name).write_text("")
 
     def arm(self, point: str, key: str = "*") -> None:
+        """Arm ``point`` for ``key`` (every trial: ``*``); an earlier release of it (of every
+        key, for ``*``) no longer counts."""
+        pattern = f"*.{point}.release" if key == "*" else f"{key}.{point}.release"
+        for release in self.folder.glob(pattern):
+            release.unlink(missing_ok=True)
         self._touch(f"{key}.{point}.arm")
 
     def disarm(self, point: str, key: str = "*") -> None:

@@ -127,3 +127,16 @@ def test_a_grid_holds_at_each_point_in_turn_and_completes_once_released(
     assert seen == [("train", False), ("epoch", False), ("stored", True), ("release", True)]
     table = pd.read_parquet(Path(out["folder"]) / "trials.parquet")
     assert list(table["status"]) == ["completed"] and not table["cached"].any()
+
+
+def test_arming_again_undoes_an_earlier_release(tmp_path):
+    test = Hold(tmp_path)
+    test.arm("train")
+    test.release_all()
+    assert hold("train", "k1", settings=settings(tmp_path)) is False
+    test.arm("train")
+    thread = held_in_thread(tmp_path, "train", "k1")
+    test.wait("train")
+    test.release("train", "k1")
+    thread.join(5)
+    assert not thread.is_alive()

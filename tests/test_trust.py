@@ -8,12 +8,14 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
+from holds import Hold
 
 from tasks import config as config_module
 from tasks.cli import INTERRUPTED
@@ -255,14 +257,24 @@ def test_ctrl_c_exits_at_once_leaves_no_process_and_the_rerun_resumes(mnist_file
                str(tmp_path / "reports"), "--dropout", "0", "0.1", "0.2", "0.3", "--units",
                "8", "16", "--batch-size", "16", "--epochs", "3", "--runner", "processes",
                "--workers", "2"]
+    # 2 results in and a trial held before training (the test hold): interrupted mid-run,
+    # however fast the machine
+    hold = Hold(tmp_path / "hold")
+    hold.arm("train")
     # from another working directory, as `cd /tmp && python /path/to/flows/grid.py` would
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines = []
-    for line in process.stdout:  # wait until two trials are done (their results stored)
-        lines.append(line)
-        if line.startswith("[2/8]"):
-            break
+    process = subprocess.Popen(command, cwd=tmp_path, env={**env, **hold.env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines: list[str] = []
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    hold.let_through("train", lambda: any(line.startswith("[2/8]") for line in lines),
+                     what="two results", timeout=240,
+                     why="a new Prefect home's temporary server and the workers start")
     family = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(True))]
     assert len(family) >= 3  # the command, its temporary server, its workers
     interrupted = time.monotonic()
