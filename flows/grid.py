@@ -38,7 +38,8 @@ def grid_search(
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     results = run_trials(grid_proposer(space, data), data, run, fan_out)
     report = write_grid_report_task(results, space, run.reports_dir,
-                                    time.perf_counter() - started, run.optuna_storage())
+                                    time.perf_counter() - started, run.optuna_storage(),
+                                    data=data)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -79,7 +79,7 @@ def random_search(
     report = write_random_report_task(
         results, space, study, draws, run.reports_dir,
         len(results) if spending else len(proposer.configs), run.optuna_storage(),
-        spending.summary() if spending else None, dataset_info(data).name)
+        spending.summary() if spending else None, dataset_info(data).name, data=data)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -107,7 +107,7 @@ def tune(
     report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
                                     run.reports_dir,
                                     spending.summary() if spending else None,
-                                    proposer.imported)
+                                    proposer.imported, data=data)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -15,6 +15,7 @@ from prefect import task
 
 from tasks.data.splits import DataHandle, DatasetInfo, dataset_info, load_splits
 from tasks.engine.model import WEIGHTS_SUFFIX
+from tasks.export.exporter import MODEL_FOLDER, ModelExport, Selection, export_model
 from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.reports.figures import baseline as plots
 from tasks.reports.folder import (
@@ -23,6 +24,7 @@ from tasks.reports.folder import (
     evaluation_rows,
     markdown_table,
     publish_artifacts,
+    publish_model,
 )
 from tasks.trial.result import TrialResult
 
@@ -86,12 +88,15 @@ def write_baseline_report(
         evaluation_text = markdown_table(evaluation, floatfmt=".4f")
         atomic_write_text(out / "evaluation.txt", evaluation_text + "\n")
         atomic_write_text(out / "model_summary.txt", summary + "\n")
+        model = export_model(result, data, out / MODEL_FOLDER,
+                             Selection("baseline", 1, report=run.final.name))
         markdown = baseline_markdown(result, evaluation_text, history, len(missed),
                                      len(labels), run.final, summary, info,
-                                     markdown_table(classes, floatfmt=".4f"))
+                                     markdown_table(classes, floatfmt=".4f"), model)
         atomic_write_text(out / "report.md", markdown)
     publish_artifacts("evaluation", evaluation, summary_markdown(result, run.final), run.final,
                       "Baseline: train / validation / test loss, accuracy, error rate")
+    publish_model("baseline", model, run.final)
     return run.final
 
 
@@ -130,7 +135,8 @@ def network_text(result: TrialResult, classes: int) -> str:
 
 def baseline_markdown(result: TrialResult, evaluation_text: str, history: pd.DataFrame,
                       n_missed: int, n_test: int, folder: Path, summary: str = "",
-                      info: DatasetInfo | None = None, classes_text: str = "") -> str:
+                      info: DatasetInfo | None = None, classes_text: str = "",
+                      model: ModelExport | None = None) -> str:
     c = result.config
     info = info or DatasetInfo("MNIST", "image", (28, 28), tuple(map(str, range(10))))
     missed_images = "\n".join(
@@ -156,6 +162,8 @@ And the first 32 as a 4 x 8 grid:
 """ if info.image_shape is not None else f"""
 {n_missed} of {n_test} test rows are misclassified (a table: no image figures).
 """
+    model_text = (f"\n- **the model**: {model.line()} (`model.keras`: the data as it comes "
+                  "in, class probabilities out)\n" if model else "")
     shape = ("x".join(map(str, info.image_shape)) + " images" if info.image_shape
              else f"{len(info.feature_names or ())} features")
     return f"""# Baseline: {info.name} with a fully connected network
@@ -165,7 +173,7 @@ And the first 32 as a 4 x 8 grid:
 {c.epochs} epochs, seed {c.seed}. Data: {info.name} ({shape}, {len(info.class_names)} classes),
 fingerprint `{result.data_fingerprint}`,
 trial key `{result.trial_key}`, {result.backend} backend, {result.train_seconds:.1f} s.
-
+{model_text}
 ## Model summary
 
 ```
@@ -194,7 +202,8 @@ metrics, so the two curves are comparable.
 {classes_text}
 {images}
 Files: `history.parquet`, `evaluation.parquet`, `classes.parquet`, `evaluation.txt`,
-`model_summary.txt`, `model{WEIGHTS_SUFFIX}` (load with `tasks.engine.model.load_model`).
+`model_summary.txt`, `model{WEIGHTS_SUFFIX}` (load with `tasks.engine.model.load_model`),
+`{MODEL_FOLDER}/` (`model.keras`, `model.json`, `MODEL.md`: loads without this project).
 """
 
 

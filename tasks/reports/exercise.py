@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -9,17 +10,18 @@ from pathlib import Path
 from prefect import task
 
 from tasks.files import atomic_write_text
-from tasks.reports.folder import RunFolder, default_reports_dir
+from tasks.reports.folder import RunFolder, default_reports_dir, publish_model_link
 
 SECTIONS = (("Baseline", "baseline"), ("Grid search", "grid"), ("Random search", "random"))
 
 
 def _relinked(markdown: str, folder: Path, root: Path) -> str:
-    """A sub-report's markdown with its headings pushed one level down and its image links
-    made relative to the combined report's folder."""
+    """A sub-report's markdown with its headings pushed one level down and its links to its
+    images and its model folder made relative to the combined report's folder."""
     prefix = os.path.relpath(folder, root)
     markdown = re.sub(r"^(#+) ", r"#\1 ", markdown, flags=re.MULTILINE)
-    return re.sub(r"\]\(([^)/:]+\.png)\)", lambda m: f"]({prefix}/{m.group(1)})", markdown)
+    return re.sub(r"\]\(([^)/:]+\.png|model/[^):]*)\)", lambda m: f"]({prefix}/{m.group(1)})",
+                  markdown)
 
 
 def write_exercise_report(folders: dict[str, str], reports_dir: str | os.PathLike | None = None
@@ -34,6 +36,7 @@ def write_exercise_report(folders: dict[str, str], reports_dir: str | os.PathLik
         for title, key in SECTIONS:
             if key in folders:
                 parts.append(f"- {title}: `{folders[key]}`")
+        parts += models_text(folders, run.final)
         for title, key in SECTIONS:
             if key not in folders:
                 continue
@@ -42,7 +45,52 @@ def write_exercise_report(folders: dict[str, str], reports_dir: str | os.PathLik
             # the final folder's parent is `root`, so links are relative to it
             parts.append(f"\n---\n\n# {title}\n\n" + _relinked(sub, folder, run.final))
         atomic_write_text(run.path / "report.md", "\n".join(parts) + "\n")
+    best = best_part_model(folders)
+    if best is not None:
+        publish_model_link("exercise", best, "the best of the parts' models by validation "
+                                             "accuracy: model.keras, model.json, MODEL.md")
     return run.final
+
+
+def part_models(folders: dict[str, str]) -> list[tuple[str, Path, dict]]:
+    """(part, model folder, model.json) of every part whose report holds a model."""
+    found = []
+    for _, key in SECTIONS:
+        folder = Path(folders[key]) / "model" if key in folders else None
+        if folder is not None and (folder / "model.json").is_file():
+            found.append((key, folder, json.loads((folder / "model.json").read_text())))
+    return found
+
+
+def models_text(folders: dict[str, str], root: Path) -> list[str]:
+    """The combined report's lines on the models: the best of the parts' models by validation
+    accuracy, linked (relative to ``root``, the combined report's folder), and each part's."""
+    models = part_models(folders)
+    if not models:
+        return []
+    best = max(models, key=lambda m: m[2]["scores"]["val_accuracy"])
+    titles = dict((key, title) for title, key in SECTIONS)
+
+    def link(folder: Path) -> str:
+        where = os.path.relpath(folder, root)
+        return f"[`{where}/`]({where}/MODEL.md)"
+
+    key, folder, record = best
+    scores = record["scores"]
+    lines = ["", f"**The model**: the best of the parts' models by validation accuracy is the "
+             f"{titles[key].lower()}'s: validation {scores['val_accuracy']:.4f}, test "
+             f"**{scores['test_accuracy']:.4f}**, trial key `{record['trial']['trial_key']}`, "
+             f"{link(folder)}. Each part's model:", ""]
+    for key, folder, record in models:
+        lines.append(f"- {titles[key]}: validation {record['scores']['val_accuracy']:.4f}, "
+                     f"test {record['scores']['test_accuracy']:.4f}, {link(folder)}")
+    return lines
+
+
+def best_part_model(folders: dict[str, str]) -> Path | None:
+    """The model folder of the part whose model has the best validation accuracy."""
+    models = part_models(folders)
+    return max(models, key=lambda m: m[2]["scores"]["val_accuracy"])[1] if models else None
 
 
 def check_report_failures(folders: list[str], report: str | os.PathLike,

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from tasks.data.splits import DataHandle
 from tasks.errors import ReportError, one_line
+from tasks.export.exporter import MODEL_FOLDER, ModelExport, Selection, export_model
 from tasks.files import atomic_write_parquet, atomic_write_text, check_writable_dir
 from tasks.search.space import SEARCH_FIELDS, shown_fields
 from tasks.trial.result import TrialResult
@@ -74,6 +76,7 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         self.path.mkdir(parents=True)
         self.kept: str | None = None
+        self.failed_later: tuple[str, Exception] | None = None
         return self
 
     def write_results(self, frame: pd.DataFrame, name: str = "trials.parquet") -> Path:
@@ -111,7 +114,26 @@ class RunFolder:
             atomic_write_text(self.path / "REPORT_FAILED.txt", message + "\n")
             raise ReportError(message) from exc
 
+    @contextlib.contextmanager
+    def later_step(self, name: str):
+        """A report step whose failure does not stop the report: the other steps are written,
+        then the run ends with this step's one error line (as :meth:`step`'s)."""
+        try:
+            yield
+        except Exception as exc:
+            if self.kept is None:
+                raise
+            self.failed_later = (name, exc)
+
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self.failed_later is not None:
+            name, error = self.failed_later
+            with contextlib.suppress(ReportError):
+                with self.step(name):
+                    raise error  # writes REPORT_FAILED.txt, names the step
+            os.rename(self.path, self.final)
+            message = (self.final / "REPORT_FAILED.txt").read_text().strip()
+            raise ReportError(message) from error
         if exc_type is None or (isinstance(exc, ReportError) and self.kept is not None):
             os.rename(self.path, self.final)
         else:
@@ -146,15 +168,69 @@ def best_trial(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.Series | Non
     return done.loc[done[by].idxmax()]
 
 
-def best_trial_line(best: pd.Series, what: str = "trial") -> str:
+def best_trial_line(best: pd.Series, what: str = "trial", model: str = "") -> str:
     """The summary line of the best trial (a grid's: ``what="cell"``) by validation accuracy
-    (a row of the trials table); its hidden layers where there are more than one."""
+    (a row of the trials table); its hidden layers where there are more than one; ``model``:
+    its trial key and model folder (:meth:`tasks.export.exporter.ModelExport.line`)."""
     layers = best.get("layers", 1)
     depth = f"layers={int(layers)}, " if pd.notna(layers) and int(layers) != 1 else ""
     return (f"- **best {what} by validation accuracy**: units={best['units']}, {depth}"
             f"dropout={best['dropout']:g}, activation={best['activation']}, "
             f"learning rate={best['learning_rate']:g}, batch={best['batch_size']} -> "
-            f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**")
+            f"validation {best['val_accuracy']:.4f}, **test {best['test_accuracy']:.4f}**"
+            + (f"; {model}" if model else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# The model of the run (tasks.export): the chosen trial's model/ folder
+# --------------------------------------------------------------------------------------------
+def export_chosen(run: RunFolder, results: Sequence[TrialResult], best: pd.Series | None,
+                  data: DataHandle | None, kind: str) -> ModelExport | None:
+    """Export the chosen trial (``best``, a row of the trials table) into the run folder's
+    ``model/``, as the report step "model" (should it fail, the rest of the report is still
+    written, then the run ends with its error line); None without data or without a
+    completed trial (a report written from results alone, e.g. in tests)."""
+    if data is None or best is None:
+        return None
+    chosen = [r for r in results if r.trial_key == best["trial_key"] and r.status == "completed"]
+    if not chosen:
+        return None
+    completed = len({r.trial_key for r in results if r.status == "completed"})
+    model = None
+    with run.later_step("model"):  # a failure here still leaves the whole report
+        model = export_model(chosen[0], data, run.path / MODEL_FOLDER,
+                             Selection(kind, completed, report=run.final.name))
+    return model
+
+
+def publish_model_link(key: str, where: Path,
+                       description: str = "the chosen trial's model folder: model.keras, "
+                                          "model.json, MODEL.md") -> None:
+    """A link artifact (key ``<key>-model``) to the model card in the model folder ``where``;
+    nothing outside a Prefect run."""
+    from prefect.artifacts import create_link_artifact
+
+    if not _in_run():
+        return
+    create_link_artifact(where.resolve().as_uri() + "/MODEL.md", link_text=f"the model: {where}",
+                         key=f"{key}-model", description=description)
+
+
+def publish_model(key: str, model: ModelExport | None, folder: Path) -> None:
+    """A link artifact to the run's model card and a markdown one that names the trial key
+    and the model folder; nothing without a model or outside a Prefect run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if model is None or not _in_run():
+        return
+    where = folder / MODEL_FOLDER
+    publish_model_link(key, where)
+    create_markdown_artifact(
+        f"## The model\n\n- folder: `{where}` (`model.keras`, `model.json`, `MODEL.md`)\n"
+        f"- trial key `{model.trial_key}`, model key `{model.model_key}`\n"
+        f"- validation {model.val_accuracy:.4f}, test **{model.test_accuracy:.4f}**\n"
+        "- load it without this project: `keras.saving.load_model(\"model.keras\")`\n",
+        key=f"{key}-model-card", description="the chosen trial's model")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]] | pd.DataFrame, floatfmt: str = ".4f") -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from tasks.data.splits import DataHandle
+from tasks.export.exporter import ModelExport
 from tasks.files import atomic_write_text
 from tasks.reports.figures import grid as plots
 from tasks.reports.folder import (
@@ -16,9 +18,11 @@ from tasks.reports.folder import (
     best_trial,
     best_trial_line,
     default_reports_dir,
+    export_chosen,
     grid_lines,
     markdown_table,
     publish_artifacts,
+    publish_model,
     results_table,
     trials_frame,
 )
@@ -40,9 +44,10 @@ def write_grid_report(
     reports_dir: str | os.PathLike | None = None,
     wall_seconds: float | None = None,
     storage: str | None = None,
+    data: DataHandle | None = None,
 ) -> Path:
     """Write the grid run folder; returns its final path. ``storage``: the Optuna storage the
-    run is exported to."""
+    run is exported to; ``data``: the run's data, for the best cell's ``model/`` folder."""
     frame = trials_frame(results)
     counts = count_results(results)
     table = results_table(frame)
@@ -68,18 +73,21 @@ def write_grid_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
+        model = export_chosen(run, results, best, data, "grid")
         with run.step("report.md"):
-            summary = grid_summary(frame, best, counts, space, wall_seconds)
+            summary = grid_summary(frame, best, counts, space, wall_seconds, model)
             atomic_write_text(out / "report.md",
                               grid_markdown(summary, frame, table_text, figures) + pareto_text
                               + "\n" + optuna_text)
     publish_artifacts("grid-results", table, summary, run.final,
                       f"Grid search: {space.describe()}")
+    publish_model("grid", model, run.final)
     return run.final
 
 
 def grid_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, int],
-                 space: SearchSpace, wall_seconds: float | None) -> str:
+                 space: SearchSpace, wall_seconds: float | None,
+                 model: ModelExport | None = None) -> str:
     done = frame[frame["status"] == "completed"]
     lines = [
         "## Grid search",
@@ -96,7 +104,7 @@ def grid_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, 
                      f"(min {done['test_accuracy'].min():.4f}, "
                      f"max {done['test_accuracy'].max():.4f})")
     if best is not None:
-        lines.append(best_trial_line(best, "cell"))
+        lines.append(best_trial_line(best, "cell", model.line() if model else ""))
     failed = frame[frame["status"] == "failed"]
     for row in failed.itertuples():
         lines.append(f"- FAILED: units={row.units} dropout={row.dropout:g}: {row.error}")
@@ -131,6 +139,8 @@ Files: `trials.parquet` (one row per cell, all hyperparameters and metrics), `re
 def write_grid_report_task(results: list[TrialResult], space: SearchSpace,
                            reports_dir: str | None = None,
                            wall_seconds: float | None = None,
-                           storage: str | None = None) -> str:
-    """Write the grid report folder (trials.parquet, tables, heatmaps, report.md)."""
-    return str(write_grid_report(results, space, reports_dir, wall_seconds, storage))
+                           storage: str | None = None,
+                           data: DataHandle | None = None) -> str:
+    """Write the grid report folder (trials.parquet, tables, heatmaps, the best cell's
+    model/, report.md)."""
+    return str(write_grid_report(results, space, reports_dir, wall_seconds, storage, data))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from tasks.data.splits import DataHandle
+from tasks.export.exporter import ModelExport
 from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.reports.figures import budget as budget_plots
 from tasks.reports.figures import random_search as plots
@@ -18,8 +20,10 @@ from tasks.reports.folder import (
     best_trial,
     best_trial_line,
     default_reports_dir,
+    export_chosen,
     markdown_table,
     publish_artifacts,
+    publish_model,
     publish_table,
     results_table,
     trials_frame,
@@ -43,11 +47,13 @@ def write_random_report(
     storage: str | None = None,
     spent: BudgetSummary | None = None,
     dataset: str = "MNIST",
+    data: DataHandle | None = None,
 ) -> Path:
     """Write the random-search run folder; returns its final path. ``draws`` are the study's
     draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
     asked for before caching and de-duplication; ``storage``: the Optuna storage the run is
-    exported to; ``spent``: the account of a budgeted search.
+    exported to; ``spent``: the account of a budgeted search; ``data``: the run's data, for
+    the best trial's ``model/`` folder.
 
     ``trials.parquet`` is written first; the best-of-N table and every figure after it, each
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
@@ -87,15 +93,17 @@ def write_random_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
+        model = export_chosen(run, results, best, data, "study" if plan else "random search")
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
-                                     spent)
+                                     spent, model)
             atomic_write_text(out / "report.md",
                               random_markdown(summary, table_text, study_text, plan,
                                               budget_text + pareto_text) + "\n"
                               + optuna_text)
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")
+    publish_model("random", model, run.final)
     if best_of_n is not None and not best_of_n.empty:
         publish_table("best-of-n", best_of_n, "Best accuracy found among N random trials")
     return run.final
@@ -143,7 +151,8 @@ def notebook_reference(space: SearchSpace,
 
 def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str, int],
                    space: SearchSpace, plan: StudyPlan | None, best_of_n: pd.DataFrame | None,
-                   requested: int | None, spent: BudgetSummary | None = None) -> str:
+                   requested: int | None, spent: BudgetSummary | None = None,
+                   model: ModelExport | None = None) -> str:
     lines = ["## Random search", "",
              f"Space: {space.describe()} ({space.size} configurations); {space.epochs} epochs.",
              ""]
@@ -155,7 +164,7 @@ def random_summary(frame: pd.DataFrame, best: pd.Series | None, counts: dict[str
     lines.append(f"- {counts.trained} trained now, {counts.cached} from the cache, "
                  f"{counts.failed} failed")
     if best is not None:
-        lines.append(best_trial_line(best))
+        lines.append(best_trial_line(best, model=model.line() if model else ""))
         done = frame[frame["status"] == "completed"]
         lines.append(f"- max test accuracy over all trials (the exercise's number, selected on "
                      f"the test set): {done['test_accuracy'].max():.4f}")
@@ -212,8 +221,10 @@ def write_random_report_task(results: list[TrialResult], space: SearchSpace,
                              requested: int | None = None,
                              storage: str | None = None,
                              spent: BudgetSummary | None = None,
-                             dataset: str = "MNIST") -> str:
+                             dataset: str = "MNIST",
+                             data: DataHandle | None = None) -> str:
     """Write the random-search report folder (``dataset``: the data's name: the notebook's
-    own best-of-N points are drawn beside the study's on MNIST only)."""
+    own best-of-N points are drawn beside the study's on MNIST only; ``data``: the run's
+    data, for the best trial's model/)."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested,
-                                   storage, spent, dataset))
+                                   storage, spent, dataset, data))

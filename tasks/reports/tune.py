@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from tasks.data.splits import DataHandle
 from tasks.files import atomic_write_parquet, atomic_write_text
 from tasks.reports.figures import budget as budget_plots
 from tasks.reports.folder import (
@@ -21,8 +22,10 @@ from tasks.reports.folder import (
     best_trial,
     best_trial_line,
     default_reports_dir,
+    export_chosen,
     markdown_table,
     publish_artifacts,
+    publish_model,
     results_table,
     trials_frame,
 )
@@ -63,9 +66,11 @@ def epochs_trained(results: Sequence[TrialResult]) -> int:
 def write_tune_report(study_name: str, storage: str | None, results: Sequence[TrialResult],
                       space: TuneSpace, sampler: str, pruner: str,
                       reports_dir: str | os.PathLike | None = None,
-                      spent: BudgetSummary | None = None, imported: int = 0) -> Path:
+                      spent: BudgetSummary | None = None, imported: int = 0,
+                      data: DataHandle | None = None) -> Path:
     """Write the tune's report folder; returns its final path. ``results``: this run's;
-    ``spent``: a budgeted run's account; ``imported``: trials its warm start added now."""
+    ``spent``: a budgeted run's account; ``imported``: trials its warm start added now;
+    ``data``: the run's data, for the study's best trial's ``model/`` folder."""
     import optuna
     from optuna.visualization import matplotlib as ov
 
@@ -122,6 +127,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
+        model = export_chosen(run, everything, best, data, "tune")
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",
@@ -142,7 +148,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
             if spent is not None:
                 lines.insert(4, f"- {spent.line()}")
             if best is not None:
-                lines.append(best_trial_line(best))
+                lines.append(best_trial_line(best, model=model.line() if model else ""))
             lines.append(f"- explore it: `{dashboard_command(storage)}`")
             summary = "\n".join(lines) + "\n"
             figures_text = "\n\n".join(figure_lines)
@@ -165,6 +171,7 @@ Files: `trials.parquet` (one row per trial of the study), `trials.txt`.
     publish_artifacts("tune-trials", results_table(frame, sort_by="val_accuracy"), summary,
                       run.final,
                       f"Tune '{study_name}' over {space.describe()}")
+    publish_model("tune", model, run.final)
     return run.final
 
 
@@ -251,7 +258,8 @@ epochs it trained; `trajectory.parquet`).{pool_text}
 def write_tune_report_task(study_name: str, storage: str | None, results: list[TrialResult],
                            space: TuneSpace, sampler: str, pruner: str,
                            reports_dir: str | None = None,
-                           spent: BudgetSummary | None = None, imported: int = 0) -> str:
-    """Write the tune's report folder."""
+                           spent: BudgetSummary | None = None, imported: int = 0,
+                           data: DataHandle | None = None) -> str:
+    """Write the tune's report folder (with the study's best trial's model/)."""
     return str(write_tune_report(study_name, storage, results, space, sampler, pruner,
-                                 reports_dir, spent, imported))
+                                 reports_dir, spent, imported, data))
