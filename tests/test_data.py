@@ -57,12 +57,36 @@ def test_bad_arrays_are_rejected_with_a_clear_message(arrays, words):
     assert str(info.value).startswith("mnist.npz: ")
 
 
+def test_integer_images_of_a_narrow_range_are_standardized_not_divided_by_255():
+    """4-bit scans stored as uint8 (0..16): /255 would put every input in 0..0.063; they are
+    standardized, the manifest says why, and their fingerprint is not the /255 one. A
+    training maximum of 128 or more is the 8-bit range: /255, as before."""
+    from tasks.data.prepare import EIGHT_BIT_MAXIMUM, _parts
+
+    rng = np.random.default_rng(0)
+    scans = {"x_train": rng.integers(0, 17, (60, 8, 8)).astype(np.uint8),
+             "y_train": np.arange(60) % 3,
+             "x_test": rng.integers(0, 17, (20, 8, 8)).astype(np.uint8),
+             "y_test": np.arange(20) % 3}
+    prepared = check_arrays(scans)
+    assert prepared.scaling == "standardize"
+    assert "training maximum is 16, below 128" in prepared.scaling_reason
+    x = in_memory(prepared).x_train
+    assert abs(float(x.mean())) < 1e-5 and x.std() > 0.9  # not squeezed into 0..0.063
+    _, normalization = _parts(prepared)
+    assert normalization["kind"] == "standardize" and "below 128" in normalization["reason"]
+    scans["x_train"][0, 0, 0] = EIGHT_BIT_MAXIMUM  # one pixel at 128: the 8-bit range
+    eight_bit = check_arrays(scans)
+    assert eight_bit.scaling == "pixels" and "x / 255" in eight_bit.scaling_reason
+    assert eight_bit.fingerprint != prepared.fingerprint
+
+
 def test_what_was_refused_before_is_data_now():
     """Another image shape, float pixels beyond 255 (standardized), labels beyond 9."""
     other_shape = {"x_train": np.zeros((40, 12, 10, 3), np.uint8),
                    "y_train": np.arange(40) % 4, "x_test": np.ones((10, 12, 10, 3), np.uint8),
                    "y_test": np.arange(10) % 4}
-    other_shape["x_train"][:, 0, 0, 0] = np.arange(40)
+    other_shape["x_train"][:, 0, 0, 0] = np.arange(40) * 6  # 0..234: the 8-bit range
     prepared = check_arrays(other_shape)
     assert prepared.raw.kind == "image" and prepared.scaling == "pixels"
     assert in_memory(prepared).x_train.shape == (40, 360) and in_memory(prepared).classes == 4

@@ -7,10 +7,12 @@ normalize, write the Arrow files once (keyed by a content fingerprint), return a
 * **Splits** (:class:`tasks.config.SplitSpec`): the test part's front is the test split and
   its rest validation (npz, IDX); data without a test part gets a seeded, stratified hold-out
   (or its ``split`` column).
-* **Normalization**: images of 8-bit pixels (integers in 0..255: an npz of uint8, IDX, image
-  folders) are scaled by 1/255, as the notebook does; everything else (an npz of floats, any
-  table) is standardized per feature with the training split's mean and standard deviation,
-  stored in the manifest (a constant feature gets 1).
+* **Normalization**: images of 8-bit pixels (integers in 0..255 that use that range: a
+  training maximum of at least :data:`EIGHT_BIT_MAXIMUM`; an npz of uint8, IDX, image folders)
+  are scaled by 1/255, as the notebook does; everything else (integers of a narrow range such
+  as 4-bit scans in 0..16, an npz of floats, any table) is standardized per feature with the
+  training split's mean and standard deviation, stored in the manifest (a constant feature
+  gets 1). The manifest's normalization says which rule applied, and why (``reason``).
 * **The fingerprint** hashes the data as read, the split and the processing. For a Keras-layout
   npz or IDX files it is computed exactly as it always was, so every MNIST trial key stays.
 
@@ -62,6 +64,7 @@ class Prepared:
     scaling: str  # "pixels" or "standardize"
     split_record: dict  # the split as the fingerprint sees it
     fingerprint: str
+    scaling_reason: str = ""  # why that scaling (tasks.data.prepare.scaling_rule)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,14 +223,31 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Normalization and fingerprint
 # --------------------------------------------------------------------------------------------
-def scaling_of(raw: RawData) -> str:
-    """``pixels`` (/255) for 8-bit images, ``standardize`` for everything else."""
+#: The smallest training maximum of integer images scaled by 1/255: below it the data does not
+#: use the 8-bit range (4-bit scans in 0..16 would all lie in 0..0.063), and is standardized.
+EIGHT_BIT_MAXIMUM = 128
+
+
+def scaling_rule(raw: RawData) -> tuple[str, str]:
+    """(``pixels`` (/255) for 8-bit images, ``standardize`` for everything else; why)."""
     x = raw.x_train
-    if raw.kind == "image" and np.issubdtype(x.dtype, np.integer):
-        parts = [x] + ([raw.x_test] if raw.has_test_part else [])
-        if all(p.min() >= 0 and p.max() <= 255 for p in parts):
-            return "pixels"
-    return "standardize"
+    if raw.kind != "image":
+        return "standardize", "a table's feature columns: standardized per feature"
+    if not np.issubdtype(x.dtype, np.integer):
+        return "standardize", f"images of {x.dtype} values: standardized per pixel"
+    parts = [x] + ([raw.x_test] if raw.has_test_part else [])
+    low, high = min(int(p.min()) for p in parts), max(int(p.max()) for p in parts)
+    if low < 0 or high > 255:
+        return "standardize", (f"integer images in {low}..{high}, beyond 0..255: standardized "
+                               "per pixel")
+    top = int(x.max())
+    if top < EIGHT_BIT_MAXIMUM:
+        return "standardize", (f"integer images whose training maximum is {top}, below "
+                               f"{EIGHT_BIT_MAXIMUM}: not the 8-bit range (x / 255 would put "
+                               f"every input in 0..{top / 255:.3f}), so standardized per pixel")
+    return "pixels", (f"8-bit images (integers in 0..255, training maximum {top}): "
+                      "x / 255, as the exercise does")
+
 
 
 def as_features(x: np.ndarray, scaling: str, mean=None, std=None) -> np.ndarray:
@@ -262,16 +282,16 @@ def prepare(raw: RawData, split: SplitSpec) -> Prepared:
     validate(raw)
     labels, names = encode_labels(raw)
     rows, record = split_rows(raw, split, labels, names)
-    scaling = scaling_of(raw)
+    scaling, reason = scaling_rule(raw)
     return Prepared(raw, rows, labels, names, scaling, record,
-                    fingerprint(raw, record, scaling))
+                    fingerprint(raw, record, scaling), reason)
 
 
 def _parts(prepared: Prepared) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """Each split's (features, labels) and the normalization record."""
     raw, rows = prepared.raw, prepared.rows
     source = {"train": raw.x_train, "test": raw.x_test}
-    stats: dict = {"kind": prepared.scaling}
+    stats: dict = {"kind": prepared.scaling, "reason": prepared.scaling_reason}
     mean = std = None
     if prepared.scaling == "standardize":
         part, index = rows["train"]
