@@ -33,10 +33,12 @@ def check_inputs(kwargs: dict) -> None:
     are the models' own."""
     from tasks.data.prepare import check_data
     from tasks.files import check_writable_dir
-    from tasks.run_options import FanOut, RunOptions
+    from tasks.run_options import FanOut
     from tasks.settings import current
 
-    run, fan_out = kwargs.get("run", RunOptions()), kwargs.get("fan_out", FanOut())
+    if "run" not in kwargs:  # a flow without the shared run options (predict) checks its own
+        return
+    run, fan_out = kwargs["run"], kwargs.get("fan_out", FanOut())
     if fan_out.dask_address:
         from tasks.search.runners import check_api_for_cluster
 

@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "local-process"  # the work pool named in prefect.yaml
 GRID = "grid-search/mnist"
 DEPLOYMENTS = {"baseline/mnist", "grid-search/mnist", "random-search/mnist",
-               "random-search/best-of-n", "exercise/mnist", "tune/mnist"}
+               "random-search/best-of-n", "exercise/mnist", "tune/mnist", "predict/inbox"}
 
 pytestmark = pytest.mark.slow
 
@@ -233,7 +233,11 @@ def test_deploy_run_and_read_back_artifacts(stack, mnist_file, tmp_path):
         flows = {flow.id: flow.name for flow in client.read_flows()}
         names = {f"{flows[d.flow_id]}/{d.name}" for d in client.read_deployments()}
         grid = client.read_deployment_by_name(GRID)
+        inbox = client.read_deployment_by_name("predict/inbox")
     assert names == DEPLOYMENTS
+    # the inbox: the newest model on each new file of data/inbox, every 5 minutes once on
+    [every] = inbox.schedules
+    assert every.active is False and inbox.parameters == {"inbox": "data/inbox"}
     # the schedule from prefect.yaml is on the server, declared but off
     [schedule] = grid.schedules
     assert schedule.schedule.cron == "0 3 * * 6"

@@ -18,6 +18,15 @@ table's feature names), and a resolver that turns ``--data`` into a reader.
 
 Validation, label encoding, normalization, splitting and the Arrow files are one path for
 all of them (:mod:`tasks.data.prepare`).
+
+**Data to predict on** (:func:`read_inputs`, for ``flows/predict.py``) goes through the same
+readers, which then take what a trained model is given rather than what a training needs:
+labels are optional; an npz may hold ``x`` (and ``y``) or ``x_test`` (and ``y_test``) alone;
+an IDX images file is read by itself (its labels file beside it where there is one); an image
+folder may hold its images directly, unlabelled, and its files are converted as the model's
+training data was (``convert``); a single image file is one row; a table's feature columns
+must be the model's (``expected``). Training reads are unchanged: same arrays, same errors,
+same fingerprints.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -52,6 +62,11 @@ KNOWN_DATASETS = {
         ("Fashion-MNIST", FASHION_MNIST_CLASSES),
 }
 NAMES = ("mnist", "fashion-mnist")
+#: An IDX file by its name (``t10k-images-idx3-ubyte.gz``, ``my-labels-idx1-ubyte``).
+IDX_NAME = re.compile(r"-idx\d-ubyte(\.gz)?$")
+#: How image files become the model's images, for data to predict on: a PIL mode (``L``,
+#: ``RGB``, ``RGBA``) and a size (width, height).
+Conversion = tuple[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -60,10 +75,14 @@ class RawData:
     ``y_test``; the others hold every row in ``x_train``/``y_train`` and, where the file says
     which rows go where, ``split`` (train / validation / test per row). Labels are integers
     or strings (``str_``), as read. ``class_names``: one per class where the source names
-    them (sorted like the labels); ``feature_names``: a table's columns."""
+    them (sorted like the labels); ``feature_names``: a table's columns; ``files``: the
+    image file of each row of ``x_train`` (relative to the folder), for images read from
+    files. Data to predict on (:func:`read_inputs`) holds every row in ``x_train``, and its
+    ``y_train`` is None where it has no labels (an image folder's labels are its subfolders'
+    names, as read)."""
 
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray | None
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     split: np.ndarray | None = None
@@ -72,6 +91,7 @@ class RawData:
     class_names: tuple[str, ...] | None = None
     name: str = ""
     source: str = ""
+    files: tuple[str, ...] | None = None
 
     @property
     def has_test_part(self) -> bool:
@@ -189,17 +209,26 @@ def recognized(raw: RawData) -> RawData:
 # --------------------------------------------------------------------------------------------
 # Keras-layout npz
 # --------------------------------------------------------------------------------------------
-def read_npz(path: Path) -> RawData:
-    """The four arrays of a Keras-layout ``.npz``; errors name the file and the problem."""
+#: The arrays an npz of data to predict on may hold, in order of preference: (samples, labels).
+INPUT_ARRAYS = (("x", "y"), ("x_test", "y_test"))
+
+
+def read_npz(path: Path, inputs: bool = False) -> RawData:
+    """The four arrays of a Keras-layout ``.npz``; errors name the file and the problem.
+    ``inputs``: data to predict on: ``x`` (and ``y`` if there), else ``x_test`` (and
+    ``y_test`` if there), every row in ``x_train``; Keras' training arrays are ignored."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in KERAS_LAYOUT if k not in npz.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing arrays {missing}; a Keras-format .npz holds "
-                    f"{list(KERAS_LAYOUT)} (found {sorted(npz.files)})"
-                )
-            arrays = {k: npz[k] for k in KERAS_LAYOUT}
+            if inputs:
+                arrays = _input_arrays(path, npz)
+            else:
+                missing = [k for k in KERAS_LAYOUT if k not in npz.files]
+                if missing:
+                    raise DataError(
+                        f"{path}: missing arrays {missing}; a Keras-format .npz holds "
+                        f"{list(KERAS_LAYOUT)} (found {sorted(npz.files)})"
+                    )
+                arrays = {k: npz[k] for k in KERAS_LAYOUT}
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
@@ -211,6 +240,16 @@ def read_npz(path: Path) -> RawData:
     image = x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3, 4))
     return RawData(**arrays, kind="image" if image else "table", name=path.stem,
                    source=str(path))
+
+
+def _input_arrays(path: Path, npz) -> dict[str, np.ndarray | None]:
+    """An npz's samples to predict on (:data:`INPUT_ARRAYS`), and their labels or None."""
+    for x_key, y_key in INPUT_ARRAYS:
+        if x_key in npz.files:
+            return {"x_train": npz[x_key], "y_train": npz[y_key] if y_key in npz.files else None}
+    raise DataError(f"{path}: no array x or x_test (found {sorted(npz.files)}); data to "
+                    "predict on is an npz holding x (and optionally y), or x_test (and "
+                    "optionally y_test)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,19 +294,55 @@ def read_idx_folder(folder: Path) -> RawData:
     return RawData(**arrays, kind="image", name=folder.name, source=str(folder))
 
 
+def idx_images_in(folder: Path) -> Path | None:
+    """The images file of an IDX folder that data to predict on reads: the test part's
+    (``t10k-images-idx3-ubyte[.gz]``), else the training part's; None for another folder."""
+    return _idx_file(folder, IDX_FILES["x_test"]) or _idx_file(folder, IDX_FILES["x_train"])
+
+
+def read_idx_images(path: Path) -> RawData:
+    """One IDX images file by itself (data to predict on), with its labels where the labels
+    file of its name is beside it (``…-images-idx3-ubyte`` -> ``…-labels-idx1-ubyte``, with
+    or without .gz)."""
+    x = read_idx(path)
+    if x.ndim < 3:
+        raise DataError(f"{path}: holds {x.ndim}-dimensional data of shape {x.shape}, not "
+                        "images (an images file, e.g. t10k-images-idx3-ubyte, is read with "
+                        "its labels file beside it)")
+    stem = IDX_NAME.sub("", path.name)
+    labels = None
+    if "images" in stem:
+        labels = _idx_file(path.parent, stem.replace("images", "labels") + "-idx1-ubyte")
+    y = read_idx(labels) if labels is not None else None
+    if y is not None and y.shape != (len(x),):
+        raise DataError(f"{labels}: {y.shape} labels for the {len(x)} images of {path.name}")
+    return RawData(x_train=x, y_train=y, kind="image", name=stem, source=str(path))
+
+
 # --------------------------------------------------------------------------------------------
 # A folder of images, one subfolder per class
 # --------------------------------------------------------------------------------------------
-def read_image_folder(folder: Path) -> RawData:
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image_folder(folder: Path, inputs: bool = False,
+                      convert: Conversion | None = None) -> RawData:
     """Every image of ``folder/<class>/``, classes in sorted order of their folder names.
     Grey images stay grey, otherwise RGB; images of another size than the most common one
-    are resized to it."""
-    from PIL import Image, UnidentifiedImageError
+    are resized to it.
 
+    ``inputs`` (data to predict on): the images may also lie in the folder itself, unlabelled
+    (``y_train`` None); a subfolder's name is its images' label, as read, and a subfolder
+    without images is left out; ``convert``: every image converted to that mode and size
+    (:data:`Conversion`: the model's) instead."""
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = {d.name: sorted(f for f in d.iterdir()
-                            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = {d.name: _image_files(d) if inputs else
+             sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
              for d in classes}
+    if inputs:
+        return _read_input_folder(folder, files, convert)
     if not any(files.values()):
         raise DataError(
             f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders: an image "
@@ -279,23 +354,73 @@ def read_image_folder(folder: Path) -> RawData:
     images, labels = [], []
     for index, paths in enumerate(files.values()):
         for path in paths:
-            try:
-                with Image.open(path) as opened:
-                    opened.load()
-                    images.append(opened.copy())
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise DataError(f"{path}: not a readable image ({exc})") from exc
+            images.append(open_image(path))
             labels.append(index)
     grey = all(image.mode in ("1", "L", "LA", "I", "I;16", "F") for image in images)
     size = Counter(image.size for image in images).most_common(1)[0][0]
-    arrays = []
-    for image in images:
-        image = image.convert("L" if grey else "RGB")
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        arrays.append(np.asarray(image, dtype=np.uint8))
+    arrays = [converted(image, "L" if grey else "RGB", size) for image in images]
     return RawData(x_train=np.stack(arrays), y_train=np.asarray(labels, np.int64),
-                   kind="image", class_names=tuple(files), name=folder.name, source=str(folder))
+                   kind="image", class_names=tuple(files), name=folder.name, source=str(folder),
+                   files=tuple(str(path.relative_to(folder)) for paths in files.values()
+                               for path in paths))
+
+
+def _read_input_folder(folder: Path, files: dict[str, list[Path]],
+                       convert: Conversion | None) -> RawData:
+    """An image folder of data to predict on (:func:`read_image_folder` with ``inputs``)."""
+    top = _image_files(folder)
+    labelled = [path for paths in files.values() for path in paths]
+    if top and labelled:
+        raise DataError(f"{folder}: images both in the folder itself ({top[0].name}, ...) and "
+                        "in subfolders: put them all in class subfolders (labelled) or all in "
+                        "the folder (unlabelled)")
+    if not top and not labelled:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its "
+                        "subfolders")
+    paths = top or labelled
+    labels = None if top else np.asarray([path.parent.name for path in labelled], dtype=np.str_)
+    images = [open_image(path) for path in paths]
+    if convert is None:  # as the data step converts a training folder
+        grey = all(image.mode in ("1", "L", "LA", "I", "I;16", "F") for image in images)
+        convert = ("L" if grey else "RGB",
+                   Counter(image.size for image in images).most_common(1)[0][0])
+    x = np.stack([converted(image, *convert) for image in images])
+    return RawData(x_train=x, y_train=labels, kind="image", name=folder.name,
+                   source=str(folder), files=tuple(str(p.relative_to(folder)) for p in paths))
+
+
+def read_image_file(path: Path, convert: Conversion | None = None) -> RawData:
+    """One image file as one row of data to predict on, converted by ``convert`` (else grey
+    stays grey, otherwise RGB, at its own size)."""
+    image = open_image(path)
+    if convert is None:
+        grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        convert = ("L" if grey else "RGB", image.size)
+    return RawData(x_train=converted(image, *convert)[None], y_train=None, kind="image",
+                   name=path.stem, source=str(path), files=(path.name,))
+
+
+def open_image(path: Path):
+    """The decoded image at ``path`` (a PIL image in memory); one line if it is none."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def converted(image, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """``image`` in ``mode``, resized (bilinear) to ``size`` (width, height) where its size is
+    another, as 8-bit pixels: the data step's conversion of image files."""
+    from PIL import Image
+
+    image = image.convert(mode)
+    if image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +430,8 @@ def read_image_folder(folder: Path) -> RawData:
 CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
-def read_parquet(path: Path, label: str = "label") -> RawData:
+def read_parquet(path: Path, label: str = "label", inputs: bool = False,
+                 expected: tuple[str, ...] | None = None) -> RawData:
     """A Parquet table (:func:`read_table`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -314,10 +440,11 @@ def read_parquet(path: Path, label: str = "label") -> RawData:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
-    return read_table(table, path, label)
+    return read_table(table, path, label, inputs, expected)
 
 
-def read_csv(path: Path, label: str = "label") -> RawData:
+def read_csv(path: Path, label: str = "label", inputs: bool = False,
+             expected: tuple[str, ...] | None = None) -> RawData:
     """A CSV table with a header row (:func:`read_table`): each column's type is inferred
     (numbers, booleans, strings); an empty field is a missing value."""
     import pyarrow as pa
@@ -328,21 +455,28 @@ def read_csv(path: Path, label: str = "label") -> RawData:
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         message = first_line(exc) or type(exc).__name__
         raise DataError(f"{path}: not a readable CSV file: {message}") from exc
-    return read_table(table, path, label)
+    return read_table(table, path, label, inputs, expected)
 
 
-def read_table(table, path: Path, label: str = "label") -> RawData:
+def read_table(table, path: Path, label: str = "label", inputs: bool = False,
+               expected: tuple[str, ...] | None = None) -> RawData:
     """Feature columns (numbers), a label column (integers or strings) and an optional
-    ``split`` column of an Arrow table read from ``path``."""
+    ``split`` column of an Arrow table read from ``path``.
+
+    ``inputs`` (data to predict on): the label column is optional (``y_train`` None without
+    it); ``expected``: the model's feature columns, which the table's must be, in that order
+    (:func:`check_feature_columns`)."""
     import pyarrow as pa
 
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows (columns only: {', '.join(table.column_names)})")
     columns = table.column_names
-    if label not in columns:
+    if label not in columns and not inputs:
         raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); "
                         "name it with --label COLUMN")
     features = [c for c in columns if c not in (label, SPLIT_COLUMN)]
+    if expected is not None:
+        check_feature_columns(path, features, expected, label)
     if not features:
         raise DataError(f"{path}: no feature columns beside the label column {label!r}")
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
@@ -353,6 +487,9 @@ def read_table(table, path: Path, label: str = "label") -> RawData:
                         "must be numbers (encode or drop those columns)")
     x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
                          for c in features])
+    if label not in columns:  # data to predict on, unlabelled
+        return RawData(x_train=x, y_train=None, kind="table", feature_names=tuple(features),
+                       name=path.stem, source=str(path))
     labels = table.column(label).combine_chunks()
     if pa.types.is_dictionary(labels.type):  # a categorical column: its values
         labels = labels.dictionary_decode()
@@ -379,6 +516,63 @@ def read_table(table, path: Path, label: str = "label") -> RawData:
                    feature_names=tuple(features), name=path.stem, source=str(path))
 
 
+def check_feature_columns(path: Path, features: list[str], expected: tuple[str, ...],
+                          label: str) -> None:
+    """A table's feature columns (all but the label and split columns) are ``expected``, in
+    that order; else one line names the missing, the extra or the reordered columns."""
+    missing = [c for c in expected if c not in features]
+    extra = [c for c in features if c not in expected]
+    if missing:
+        raise DataError(f"{path}: missing feature column(s) {', '.join(missing)}; the model "
+                        f"takes {', '.join(expected)}")
+    if extra:
+        raise DataError(f"{path}: extra column(s) {', '.join(extra)}; the model takes the "
+                        f"feature columns {', '.join(expected)} (and the label column "
+                        f"{label!r}, --label, where there are labels)")
+    if tuple(features) != tuple(expected):
+        raise DataError(f"{path}: the feature columns are in another order "
+                        f"({', '.join(features)}); the model takes them as "
+                        f"{', '.join(expected)}")
+
+
 def read_data(data: str | os.PathLike | None = None, label: str = "label") -> RawData:
     """Resolve ``data`` (:func:`resolve_source`) and read it."""
     return read_source(resolve_source(data), label)
+
+
+# --------------------------------------------------------------------------------------------
+# Data to predict on: the same readers, labels optional
+# --------------------------------------------------------------------------------------------
+def read_inputs(data: str | os.PathLike, label: str = "label",
+                convert: Conversion | None = None,
+                expected: tuple[str, ...] | None = None) -> RawData:
+    """Data to predict on, every row in ``x_train`` and labels (``y_train``) where it has them:
+    an npz of ``x`` (``y``) or ``x_test`` (``y_test``); an IDX images file (with the labels
+    file beside it, if any) or an IDX folder's test images; an image folder (class subfolders
+    or none) or one image file, converted by ``convert`` (the model's; None: as a training
+    folder's); a Parquet or CSV table, whose feature columns must be ``expected`` where given
+    (a table model's). Names resolve as for training."""
+    path = resolve_source(data)
+    if path.is_dir():
+        images = idx_images_in(path)
+        if images is not None:
+            return read_idx_images(images)
+        return read_image_folder(path, inputs=True, convert=convert)
+    if not path.is_file():
+        raise DataError(f"{path}: not a file or folder")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PAR1":
+        return read_parquet(path, label, inputs=True, expected=expected)
+    if path.name.lower().endswith(CSV_SUFFIXES):
+        return read_csv(path, label, inputs=True, expected=expected)
+    if IDX_NAME.search(path.name):
+        return read_idx_images(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image_file(path, convert)
+    if magic.startswith(b"PK") or path.suffix == ".npz":
+        return read_npz(path, inputs=True)
+    raise DataError(
+        f"{path}: not data this pipeline predicts on: an .npz (x, or x_test), a Parquet or CSV "
+        "table, an IDX images file or folder, a folder of images or one image file "
+        f"({', '.join(IMAGE_SUFFIXES)})")
