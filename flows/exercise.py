@@ -19,6 +19,7 @@ from flows.random_search import random_search
 from flows.train import baseline
 from tasks.cli import flow_main, run_cli, say
 from tasks.config import TrialConfig, make_config
+from tasks.export.refit import Refit
 from tasks.reports.exercise import check_report_failures, write_exercise_report_task
 from tasks.run_options import DrawSeed, Epochs, FanOut, RunOptions
 from tasks.search.best_of_n import StudyPlan, make_study_plan, study_configs
@@ -35,16 +36,18 @@ def exercise(
     draw_seed: DrawSeed = 0,
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
+    refit: Refit = False,
 ) -> str:
     """Run the baseline, the grid and the best-of-N study; write one combined report.
-    ``epochs``, when given, replaces the epochs of all three."""
+    ``epochs``, when given, replaces the epochs of all three; ``refit``: each part's model is
+    its chosen config retrained on train + validation."""
     # failures are counted once, below, over both searches
     each = fan_out.model_copy(update={"max_failures": None})
     folders = {
-        "baseline": baseline(config=baseline_config, epochs=epochs, run=run),
-        "grid": grid_search(space=grid, epochs=epochs, run=run, fan_out=each),
+        "baseline": baseline(config=baseline_config, epochs=epochs, run=run, refit=refit),
+        "grid": grid_search(space=grid, epochs=epochs, run=run, fan_out=each, refit=refit),
         "random": random_search(space=random_space, epochs=epochs, study=study,
-                                draw_seed=draw_seed, run=run, fan_out=each),
+                                draw_seed=draw_seed, run=run, fan_out=each, refit=refit),
     }
     folder = write_exercise_report_task(folders, run.reports_dir)
     say(f"Report: {folder}")

@@ -2,9 +2,12 @@
 
     python flows/grid.py --data ../shared/data/mnist.npz
     python flows/grid.py --dropout 0 0.5 --units 16 64 --epochs 2    # a 2 x 2 grid
+    python flows/grid.py --units 128 --dropout 0.3 --refit    # the best cell, refitted
 
 The default is the exercise's grid: dropout {0, 0.1, 0.3, 0.5, 0.8} x units {16, 32, 64, 128,
 256}, batch 32, 10 epochs. A rerun trains nothing; a larger grid trains only its new cells.
+With --refit the best cell's config is retrained on train + validation and that model is the
+one exported (docs/models.md#refit).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from prefect import flow
 from tasks.cli import flow_main, run_cli
 from tasks.config import with_epochs
 from tasks.data.task import prepare_data_task
+from tasks.export.refit import Refit
 from tasks.reports.grid import write_grid_report_task
 from tasks.run_options import Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
@@ -30,16 +34,18 @@ def grid_search(
     epochs: Epochs = None,
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
+    refit: Refit = False,
 ) -> str:
     """Train every cell of ``space`` (cached) and write the grid report; returns its folder.
-    ``epochs``, when given, replaces ``space.epochs``."""
+    ``epochs``, when given, replaces ``space.epochs``; ``refit``: the exported model is the
+    best cell's config retrained on train + validation."""
     started = time.perf_counter()
     space = with_epochs(space, epochs)
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     results = run_trials(grid_proposer(space, data), data, run, fan_out)
     report = write_grid_report_task(results, space, run.reports_dir,
                                     time.perf_counter() - started, run.optuna_storage(),
-                                    data=data)
+                                    data=data, refit=refit)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -4,6 +4,7 @@
     python flows/random_search.py --study                             # the exercise's study
     python flows/random_search.py --study --protocol repeats --repeats 3
     python flows/random_search.py --budget 10m                        # 10 training minutes
+    python flows/random_search.py --trials 12 --refit     # the best trial, refitted
 
 Configs are drawn from the search space without repeats, reproducibly from --draw-seed (a
 larger --trials extends a smaller one), and train through the same cached task as the grid: a
@@ -24,6 +25,7 @@ from tasks.config import PositiveInt, with_epochs
 from tasks.data.splits import dataset_info
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
+from tasks.export.refit import Refit
 from tasks.reports.random_search import write_random_report_task
 from tasks.run_options import Budget, DrawSeed, Epochs, FanOut, RunOptions
 from tasks.search.best_of_n import StudyPlan, make_study_plan
@@ -61,10 +63,12 @@ def random_search(
     draw_seed: DrawSeed = 0,
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
+    refit: Refit = False,
 ) -> str:
     """A plain search of ``trials`` random configs (on a ``budget``: as many as it buys), or
     the best-of-N ``study``; returns the report folder. ``epochs``, when given, replaces
-    ``space.epochs``."""
+    ``space.epochs``; ``refit``: the exported model is the best trial's config retrained on
+    train + validation."""
     space = with_epochs(space, epochs)
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     spending = make_spending(budget, data, run.backend)
@@ -79,7 +83,8 @@ def random_search(
     report = write_random_report_task(
         results, space, study, draws, run.reports_dir,
         len(results) if spending else len(proposer.configs), run.optuna_storage(),
-        spending.summary() if spending else None, dataset_info(data).name, data=data)
+        spending.summary() if spending else None, dataset_info(data).name, data=data,
+        refit=refit)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -6,6 +6,7 @@
     python flows/tune.py --learning-rate log_uniform:1e-5:1e-1 --pruner median --trials 40
     python flows/tune.py --budget 10m --study-name ten-minutes      # 10 training minutes
     python flows/tune.py --objectives val_accuracy params --study-name small  # Pareto front
+    python flows/tune.py --trials 50 --refit       # the study's best trial, refitted
 
 Every asked config trains as the same cached task as the grid and the random search (anything
 trained before costs nothing). The study lives in an Optuna storage (``optuna.db`` in the data
@@ -27,6 +28,7 @@ from tasks.cli import flow_main, run_cli
 from tasks.config import PositiveInt, Seed, with_epochs
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
+from tasks.export.refit import Refit
 from tasks.reports.tune import write_tune_report_task
 from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
@@ -88,11 +90,13 @@ def tune(
     storage: Storage = None,
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
+    refit: Refit = False,
 ) -> str:
     """Run the Optuna study ``study_name`` until it holds ``trials`` finished trials and write
     its report (on a ``budget``: until it is spent); returns the report folder. ``epochs``,
     when given, replaces ``space.epochs``. ``objectives``: more than one makes a
-    multi-objective study (no pruner)."""
+    multi-objective study (no pruner). ``refit``: the exported model is the study's best
+    trial's config retrained on train + validation."""
     # here too: a deployment's run is not checked by the command line's check()
     objectives = check_objectives(objectives, pruner)
     space = with_epochs(space, epochs)
@@ -107,7 +111,7 @@ def tune(
     report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
                                     run.reports_dir,
                                     spending.summary() if spending else None,
-                                    proposer.imported, data=data)
+                                    proposer.imported, data=data, refit=refit)
     return finish_run(results, report, fan_out.max_failures)
 
 

@@ -40,6 +40,74 @@ def confusion_table(record: dict[str, Any]) -> str:
     return _table(header, [[i, *row] for i, row in enumerate(matrix)])
 
 
+def _samples(value: Any) -> str:
+    return "?" if value is None else str(value)
+
+
+def refit_section(record: dict[str, Any]) -> str:
+    """The card's "Refit" section: the search model and the refit model side by side."""
+    refit = record.get("refit")
+    if not refit:
+        return ""
+    search, model = refit["search_model"], refit["refit_model"]
+    rows = [
+        ["search model (the chosen trial)", f"`{search['trial_key']}`",
+         f"train ({_samples(search['train_size'])})", search["epochs"],
+         _accuracy(search["val_accuracy"]), _accuracy(search["test_accuracy"])],
+        ["**refit model (this model)**", f"`{model['trial_key']}`",
+         f"train + validation ({_samples(model['train_size'])})", model["epochs"],
+         f"{_accuracy(model['val_accuracy'])} (trained on)",
+         f"**{_accuracy(model['test_accuracy'])}**"],
+    ]
+    table = _table(["model", "trial key", "trained on (samples)", "epochs",
+                    "validation accuracy", "test accuracy"], rows)
+    return f"""
+## Refit
+
+The config the search chose was trained once more on the training and validation splits
+together, for {refit['epochs']} epoch(s) ({refit['epochs_rule']}), and this model is that refit
+(TensorFlow's tutorials' protocol, AutoGluon's `refit_full`). Both are cached trials.
+
+{table}
+
+The refit model trained on the validation split, so its validation accuracy is no unbiased
+estimate; compare the two by their test accuracy, which took part in neither the choice nor
+the training. One run each: the difference includes the training's own randomness.
+"""
+
+
+def onnx_section(record: dict[str, Any]) -> str:
+    """The card's "ONNX" section: ``model.onnx``, its check against Keras, the latencies."""
+    onnx = record.get("onnx")
+    if not onnx:
+        return ""
+    if not onnx.get("written"):
+        parity = onnx.get("parity")
+        checked = (f" ({parity['differing_predictions']} of {parity['samples']} predictions "
+                   "differ, largest probability difference "
+                   f"{parity['max_probability_difference']:.3g})" if parity else "")
+        return f"\n## ONNX\n\nNo `model.onnx`: {onnx.get('reason', 'not written')}{checked}.\n"
+    parity, latency = onnx["parity"], onnx["latency"]
+    versions = ", ".join(f"{name} {version}" for name, version in onnx["versions"].items())
+    rows = [[label.replace("batch_", "batch of "), f"{figures['keras_ms']:.4f}",
+             f"{figures['onnxruntime_ms']:.4f}"]
+            for label, figures in latency.items() if isinstance(figures, dict)]
+    return f"""
+## ONNX
+
+`model.onnx` is the same model for ONNX Runtime (opset {onnx['opset']}; {versions}): input
+`{onnx['input']['name']}` ({onnx['input']['type']}, the same raw input as `model.keras`),
+output `probabilities`. Checked on the {parity['samples']} test samples as raw input: the most
+probable class differs from Keras' for {parity['differing_predictions']} of them, and the
+largest difference of a class probability is {parity['max_probability_difference']:.2g}
+(accepted: at most {parity['tolerance']:g}).
+
+Milliseconds per sample ({latency['machine']}; {latency['how']}):
+
+{_table(["inputs per call", "Keras (TensorFlow)", "ONNX Runtime"], rows)}
+"""
+
+
 def model_card(record: dict[str, Any]) -> str:
     """The card's Markdown from a ``model.json`` record."""
     trial, data, scores = record["trial"], record["data"], record["scores"]
@@ -68,7 +136,16 @@ def model_card(record: dict[str, Any]) -> str:
     overrates = (f"so its validation accuracy ({validation}) is, by being chosen, above "
                  f"what it will score on new data. Quote the test accuracy ({test}), which "
                  "took no part in the choice")
-    if chosen["trials"] > 1:
+    refit = record.get("refit")
+    if refit:
+        searched = refit["search_model"]
+        selected = (f"The config was chosen on the validation split ({chosen['how']}; the "
+                    f"search model's validation accuracy {_accuracy(searched['val_accuracy'])} "
+                    "is, by being chosen, above what it will score on new data), and this "
+                    f"refit model then trained on the validation split: its validation "
+                    f"accuracy ({validation}) measures rows it learned. Quote the test "
+                    f"accuracy ({test}), which took part in neither")
+    elif chosen["trials"] > 1:
         selected = (f"It is the best of {chosen['trials']} trials by validation accuracy, "
                     + overrates)
     elif config.get("checkpoint"):
@@ -87,6 +164,18 @@ def model_card(record: dict[str, Any]) -> str:
         "validation and test are different parts of the data and read differently even "
         "without selection (on Fashion-MNIST the validation part reads about 1 point above the "
         "test part)")
+    trained_on = " (trained on: no unbiased score)" if refit else ""
+    if refit:
+        training_text = (
+            f"The training and validation splits of the same data together "
+            f"({sizes.get('train', '?')} samples: a refit, above); the validation split "
+            f"({sizes.get('validation', '?')} samples) chose the trial and its epoch count "
+            "before the refit trained on it.")
+    else:
+        training_text = (
+            f"The training split of the same data ({sizes.get('train', '?')} samples); the "
+            f"validation split ({sizes.get('validation', '?')} samples) chose the epoch and "
+            "the trial.")
     return f"""# Model card: {record['name']}
 
 ## Model details
@@ -127,9 +216,9 @@ class, and the confusion matrix, on the test split. How the model was chosen: {c
 | split | samples | accuracy |
 |---|---|---|
 | train | {sizes.get('train', '')} | {_accuracy(scores.get('train_accuracy'))} |
-| validation | {sizes.get('validation', '')} | {_accuracy(scores['val_accuracy'])} |
+| validation | {sizes.get('validation', '')} | {_accuracy(scores['val_accuracy'])}{trained_on} |
 | test | {sizes.get('test', '')} | **{_accuracy(scores['test_accuracy'])}** |
-
+{refit_section(record)}
 ## Evaluation data
 
 The test split of {data['name']} (`{data['source']}`): {data['split_text']}. Data
@@ -137,8 +226,7 @@ fingerprint `{data['fingerprint']}`.
 
 ## Training data
 
-The training split of the same data ({sizes.get('train', '?')} samples); the validation split
-({sizes.get('validation', '?')} samples) chose the epoch and the trial.
+{training_text}
 
 ## Quantitative analyses
 
@@ -154,7 +242,7 @@ The exported model, run on the test split as raw input, predicted
 {check.get('differing_predictions', '?')} of {check.get('samples', '?')} samples differently
 from the project's own network on the processed split (test accuracy
 {_accuracy(check.get('test_accuracy'))}).
-
+{onnx_section(record)}
 ## Ethical considerations
 
 No personal data is known to be involved; the data's own documentation governs its use.

@@ -71,12 +71,29 @@ class ModelExport:
     test_accuracy: float
     retrained: bool = False
     check: dict[str, Any] = field(default_factory=dict)
+    #: model.json's ``refit`` (the search model and the refit model side by side) where the
+    #: exported model is a refit (:mod:`tasks.export.refit`), else None
+    refit: dict[str, Any] | None = None
+    #: model.json's ``onnx``: whether model.onnx was written, its check and latencies
+    onnx: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         """``trial key `…`, model in `model/``` for the best-trial line of the report beside
-        the folder (a link to its card)."""
+        the folder (a link to its card); a refit's names both trials and the refit's test
+        accuracy."""
         name = self.folder.name
-        return f"trial key `{self.trial_key}`, model in [`{name}/`]({name}/MODEL.md)"
+        where = f"model in [`{name}/`]({name}/MODEL.md)"
+        if not self.refit:
+            return f"trial key `{self.trial_key}`, {where}"
+        search, refit = self.refit["search_model"], self.refit["refit_model"]
+        return (f"trial key `{search['trial_key']}`; **refit** on train + validation "
+                f"({refit['train_size']} samples, {epochs_text(self.refit['epochs'])}): trial "
+                f"key `{self.trial_key}`, test **{self.test_accuracy:.4f}**, {where}")
+
+
+def epochs_text(epochs: int) -> str:
+    """``1 epoch``, ``10 epochs``."""
+    return f"{epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,12 +213,17 @@ def split_text(split: dict[str, Any]) -> str:
 
 
 def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLike,
-                 selection: Selection, name: str = "") -> ModelExport:
+                 selection: Selection, name: str = "", search: TrialResult | None = None,
+                 search_data: DataHandle | None = None) -> ModelExport:
     """Write the trial ``result``'s model folder (``model.keras``, ``model.json``,
-    ``MODEL.md``) at ``folder`` (replaced if it exists); returns what was written."""
+    ``MODEL.md``, and ``model.onnx`` where the ``export`` extra is installed) at ``folder``
+    (replaced if it exists); returns what was written. ``search``: where ``result`` is the
+    refit of a search trial (:mod:`tasks.export.refit`), that trial, trained on
+    ``search_data``: both are shown side by side."""
     from tasks.engine.model import predict_probabilities, read_weights
     from tasks.engine.train import release_tensorflow_memory
     from tasks.export.network import build_standalone, network_of
+    from tasks.export.onnx_model import export_onnx
 
     if result.data_fingerprint != data.fingerprint:
         raise ValueError(f"trial {result.trial_key} was trained on data "
@@ -213,18 +235,25 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
     model = build_standalone(result.config, weights, spec)
     # the project's own network on the processed test split, and the model on raw input
     reference = predict_probabilities(network_of(model), splits.x_test).argmax(axis=1)
-    exported = predict_probabilities(model, raw_inputs(splits.x_test, spec)).argmax(axis=1)
+    raw_test = raw_inputs(splits.x_test, spec)
+    probabilities = predict_probabilities(model, raw_test)
+    exported = probabilities.argmax(axis=1)
     labels = splits.y_test.astype(np.int64)
     preprocessing = spec.preprocessing()
     key = model_key(result.trial_key, weights, preprocessing)
     record = model_record(result, data, spec, selection, key, labels, reference, exported,
                           retrained, name)
+    if search is not None:
+        record["refit"] = refit_record(result, data, search, search_data)
+        record["data"]["split_text"] += ("; the refit model trained on the training and "
+                                         "validation splits together")
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     with atomic_path(folder / MODEL_FILE) as tmp:
         model.save(tmp)
+    record["onnx"] = export_onnx(model, folder, raw_test, probabilities)
     atomic_write_text(folder / "model.json", readable_json(record) + "\n")
     atomic_write_text(folder / "MODEL.md", model_card(record))
     del model
@@ -232,7 +261,42 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
     return ModelExport(folder=folder, model_key=key, trial_key=result.trial_key,
                        val_accuracy=float(result.val_accuracy),
                        test_accuracy=float(result.test_accuracy), retrained=retrained,
-                       check=record["check"])
+                       check=record["check"], refit=record.get("refit"),
+                       onnx=record["onnx"])
+
+
+def _scores(result: TrialResult) -> dict[str, Any]:
+    return {"train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy, "train_loss": result.train_loss,
+            "val_loss": result.val_loss, "test_loss": result.test_loss}
+
+
+def refit_record(refit: TrialResult, data: DataHandle, search: TrialResult,
+                 search_data: DataHandle | None) -> dict[str, Any]:
+    """``model.json``'s ``refit``: the search model (the chosen trial) and the refit model
+    (the exported one) side by side."""
+    return {
+        "what": "the chosen trial's config retrained on the training and validation splits "
+                "together, for the epoch count of the chosen trial's best validation "
+                "accuracy; the exported model is this refit",
+        "epochs": refit.config.epochs,
+        "epochs_rule": "the epoch of the highest validation accuracy in the chosen trial's "
+                       "history",
+        "search_model": {
+            "trial_key": search.trial_key, "config": search.config.model_dump(),
+            "backend": search.backend, "data_fingerprint": search.data_fingerprint,
+            "train_size": search_data.train_size if search_data else None,
+            "trained_on": "train", "epochs": search.config.epochs,
+            "best_epoch": search.best_epoch, **_scores(search)},
+        "refit_model": {
+            "trial_key": refit.trial_key, "config": refit.config.model_dump(),
+            "backend": refit.backend, "data_fingerprint": refit.data_fingerprint,
+            "train_size": data.train_size, "trained_on": "train + validation",
+            "epochs": refit.config.epochs, **_scores(refit)},
+        "note": "the refit model trained on the validation split: its validation accuracy is "
+                "no unbiased estimate; compare the two models by their test accuracy (the "
+                "test split took part in neither the choice nor the training)",
+    }
 
 
 def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, selection: Selection,

@@ -51,8 +51,10 @@ def write_baseline_report(
     probabilities: np.ndarray,
     reports_dir: str | os.PathLike | None = None,
     summary: str = "",
+    refit: bool = False,
 ) -> Path:
-    """Write the baseline run folder and return its final path."""
+    """Write the baseline run folder and return its final path. ``refit``: its ``model/`` is
+    the baseline's config retrained on train + validation for its best epoch count."""
     splits = load_splits(data)
     info = dataset_info(data)
     images = splits.x_test
@@ -88,8 +90,13 @@ def write_baseline_report(
         evaluation_text = markdown_table(evaluation, floatfmt=".4f")
         atomic_write_text(out / "evaluation.txt", evaluation_text + "\n")
         atomic_write_text(out / "model_summary.txt", summary + "\n")
-        model = export_model(result, data, out / MODEL_FOLDER,
-                             Selection("baseline", 1, report=run.final.name))
+        selection = Selection("baseline", 1, report=run.final.name)
+        if refit:
+            from tasks.export.refit import export_refit
+
+            model = export_refit(result, data, out / MODEL_FOLDER, selection)
+        else:
+            model = export_model(result, data, out / MODEL_FOLDER, selection)
         markdown = baseline_markdown(result, evaluation_text, history, len(missed),
                                      len(labels), run.final, summary, info,
                                      markdown_table(classes, floatfmt=".4f"), model)
@@ -209,7 +216,9 @@ Files: `history.parquet`, `evaluation.parquet`, `classes.parquet`, `evaluation.t
 
 @task(name="baseline-report")
 def baseline_report_task(result: TrialResult, data: DataHandle,
-                         reports_dir: str | None = None) -> str:
-    """Predict the test set with the saved weights and write the baseline report."""
+                         reports_dir: str | None = None, refit: bool = False) -> str:
+    """Predict the test set with the saved weights and write the baseline report (``refit``:
+    its model/ is the baseline refitted on train + validation)."""
     probabilities, summary = predict_test(result, data)
-    return str(write_baseline_report(result, data, probabilities, reports_dir, summary))
+    return str(write_baseline_report(result, data, probabilities, reports_dir, summary,
+                                     refit))

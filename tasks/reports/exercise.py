@@ -62,35 +62,51 @@ def part_models(folders: dict[str, str]) -> list[tuple[str, Path, dict]]:
     return found
 
 
+def chosen_val_accuracy(record: dict) -> float:
+    """The validation accuracy a part's model was chosen by: the search model's where the
+    exported model is a refit (which trained on the validation split)."""
+    refit = record.get("refit")
+    return float(refit["search_model"]["val_accuracy"] if refit
+                 else record["scores"]["val_accuracy"])
+
+
 def models_text(folders: dict[str, str], root: Path) -> list[str]:
     """The combined report's lines on the models: the best of the parts' models by validation
     accuracy, linked (relative to ``root``, the combined report's folder), and each part's."""
     models = part_models(folders)
     if not models:
         return []
-    best = max(models, key=lambda m: m[2]["scores"]["val_accuracy"])
+    best = max(models, key=lambda m: chosen_val_accuracy(m[2]))
     titles = dict((key, title) for title, key in SECTIONS)
 
     def link(folder: Path) -> str:
         where = os.path.relpath(folder, root)
         return f"[`{where}/`]({where}/MODEL.md)"
 
+    def refitted(record: dict) -> str:
+        return " (refit on train + validation)" if record.get("refit") else ""
+
     key, folder, record = best
     scores = record["scores"]
     lines = ["", f"**The model**: the best of the parts' models by validation accuracy is the "
-             f"{titles[key].lower()}'s: validation {scores['val_accuracy']:.4f}, test "
-             f"**{scores['test_accuracy']:.4f}**, trial key `{record['trial']['trial_key']}`, "
-             f"{link(folder)}. Each part's model:", ""]
+             f"{titles[key].lower()}'s: validation {chosen_val_accuracy(record):.4f}, test "
+             f"**{scores['test_accuracy']:.4f}**{refitted(record)}, trial key "
+             f"`{record['trial']['trial_key']}`, {link(folder)}. Each part's model:", ""]
     for key, folder, record in models:
-        lines.append(f"- {titles[key]}: validation {record['scores']['val_accuracy']:.4f}, "
-                     f"test {record['scores']['test_accuracy']:.4f}, {link(folder)}")
+        lines.append(f"- {titles[key]}: validation {chosen_val_accuracy(record):.4f}, "
+                     f"test {record['scores']['test_accuracy']:.4f}{refitted(record)}, "
+                     f"{link(folder)}")
+    if any(record.get("refit") for _, _, record in models):
+        lines += ["", "A refit model's validation figure is its search model's, the one it was "
+                      "chosen by (the refit trained on the validation split); its test figure "
+                      "is the refit's own."]
     return lines
 
 
 def best_part_model(folders: dict[str, str]) -> Path | None:
     """The model folder of the part whose model has the best validation accuracy."""
     models = part_models(folders)
-    return max(models, key=lambda m: m[2]["scores"]["val_accuracy"])[1] if models else None
+    return max(models, key=lambda m: chosen_val_accuracy(m[2]))[1] if models else None
 
 
 def check_report_failures(folders: list[str], report: str | os.PathLike,

@@ -185,11 +185,14 @@ def best_trial_line(best: pd.Series, what: str = "trial", model: str = "") -> st
 # The model of the run (tasks.export): the chosen trial's model/ folder
 # --------------------------------------------------------------------------------------------
 def export_chosen(run: RunFolder, results: Sequence[TrialResult], best: pd.Series | None,
-                  data: DataHandle | None, kind: str) -> ModelExport | None:
+                  data: DataHandle | None, kind: str, refit: bool = False
+                  ) -> ModelExport | None:
     """Export the chosen trial (``best``, a row of the trials table) into the run folder's
     ``model/``, as the report step "model" (should it fail, the rest of the report is still
     written, then the run ends with its error line); None without data or without a
-    completed trial (a report written from results alone, e.g. in tests)."""
+    completed trial (a report written from results alone, e.g. in tests). ``refit``: retrain
+    the chosen config on train + validation first and export that model
+    (:func:`tasks.export.refit.export_refit`), the report step "refit"."""
     if data is None or best is None:
         return None
     chosen = [r for r in results if r.trial_key == best["trial_key"] and r.status == "completed"]
@@ -197,9 +200,14 @@ def export_chosen(run: RunFolder, results: Sequence[TrialResult], best: pd.Serie
         return None
     completed = len({r.trial_key for r in results if r.status == "completed"})
     model = None
-    with run.later_step("model"):  # a failure here still leaves the whole report
-        model = export_model(chosen[0], data, run.path / MODEL_FOLDER,
-                             Selection(kind, completed, report=run.final.name))
+    selection = Selection(kind, completed, report=run.final.name)
+    with run.later_step("refit" if refit else "model"):  # a failure still leaves the report
+        if refit:
+            from tasks.export.refit import export_refit
+
+            model = export_refit(chosen[0], data, run.path / MODEL_FOLDER, selection)
+        else:
+            model = export_model(chosen[0], data, run.path / MODEL_FOLDER, selection)
     return model
 
 
@@ -225,10 +233,20 @@ def publish_model(key: str, model: ModelExport | None, folder: Path) -> None:
         return
     where = folder / MODEL_FOLDER
     publish_model_link(key, where)
+    refit = ""
+    if model.refit:
+        search = model.refit["search_model"]
+        refit = (f"- a **refit** on train + validation ({model.refit['epochs']} epoch(s)) of trial "
+                 f"`{search['trial_key']}` (validation {search['val_accuracy']:.4f}, test "
+                 f"{search['test_accuracy']:.4f}); the refit's validation score is no "
+                 "unbiased estimate\n")
+    onnx = ("- `model.onnx` for ONNX Runtime, checked against Keras on the test split\n"
+            if model.onnx.get("written") else "")
     create_markdown_artifact(
         f"## The model\n\n- folder: `{where}` (`model.keras`, `model.json`, `MODEL.md`)\n"
         f"- trial key `{model.trial_key}`, model key `{model.model_key}`\n"
         f"- validation {model.val_accuracy:.4f}, test **{model.test_accuracy:.4f}**\n"
+        + refit + onnx +
         "- load it without this project: `keras.saving.load_model(\"model.keras\")`\n",
         key=f"{key}-model-card", description="the chosen trial's model")
 

@@ -45,9 +45,11 @@ def write_grid_report(
     wall_seconds: float | None = None,
     storage: str | None = None,
     data: DataHandle | None = None,
+    refit: bool = False,
 ) -> Path:
     """Write the grid run folder; returns its final path. ``storage``: the Optuna storage the
-    run is exported to; ``data``: the run's data, for the best cell's ``model/`` folder."""
+    run is exported to; ``data``: the run's data, for the best cell's ``model/`` folder;
+    ``refit``: that model is the best cell's config retrained on train + validation."""
     frame = trials_frame(results)
     counts = count_results(results)
     table = results_table(frame)
@@ -73,7 +75,7 @@ def write_grid_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, results, best, data, "grid")
+        model = export_chosen(run, results, best, data, "grid", refit)
         with run.step("report.md"):
             summary = grid_summary(frame, best, counts, space, wall_seconds, model)
             atomic_write_text(out / "report.md",
@@ -140,7 +142,8 @@ def write_grid_report_task(results: list[TrialResult], space: SearchSpace,
                            reports_dir: str | None = None,
                            wall_seconds: float | None = None,
                            storage: str | None = None,
-                           data: DataHandle | None = None) -> str:
+                           data: DataHandle | None = None, refit: bool = False) -> str:
     """Write the grid report folder (trials.parquet, tables, heatmaps, the best cell's
-    model/, report.md)."""
-    return str(write_grid_report(results, space, reports_dir, wall_seconds, storage, data))
+    model/ (with ``refit``: its refit on train + validation), report.md)."""
+    return str(write_grid_report(results, space, reports_dir, wall_seconds, storage, data,
+                                 refit))

@@ -48,12 +48,14 @@ def write_random_report(
     spent: BudgetSummary | None = None,
     dataset: str = "MNIST",
     data: DataHandle | None = None,
+    refit: bool = False,
 ) -> Path:
     """Write the random-search run folder; returns its final path. ``draws`` are the study's
     draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
     asked for before caching and de-duplication; ``storage``: the Optuna storage the run is
     exported to; ``spent``: the account of a budgeted search; ``data``: the run's data, for
-    the best trial's ``model/`` folder.
+    the best trial's ``model/`` folder; ``refit``: that model is the best trial's config
+    retrained on train + validation.
 
     ``trials.parquet`` is written first; the best-of-N table and every figure after it, each
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
@@ -93,7 +95,8 @@ def write_random_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, results, best, data, "study" if plan else "random search")
+        model = export_chosen(run, results, best, data, "study" if plan else "random search",
+                              refit)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
                                      spent, model)
@@ -222,9 +225,11 @@ def write_random_report_task(results: list[TrialResult], space: SearchSpace,
                              storage: str | None = None,
                              spent: BudgetSummary | None = None,
                              dataset: str = "MNIST",
-                             data: DataHandle | None = None) -> str:
+                             data: DataHandle | None = None,
+                             refit: bool = False) -> str:
     """Write the random-search report folder (``dataset``: the data's name: the notebook's
     own best-of-N points are drawn beside the study's on MNIST only; ``data``: the run's
-    data, for the best trial's model/)."""
+    data, for the best trial's model/; ``refit``: that model refitted on train +
+    validation)."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested,
-                                   storage, spent, dataset, data))
+                                   storage, spent, dataset, data, refit))

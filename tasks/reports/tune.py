@@ -67,10 +67,11 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                       space: TuneSpace, sampler: str, pruner: str,
                       reports_dir: str | os.PathLike | None = None,
                       spent: BudgetSummary | None = None, imported: int = 0,
-                      data: DataHandle | None = None) -> Path:
+                      data: DataHandle | None = None, refit: bool = False) -> Path:
     """Write the tune's report folder; returns its final path. ``results``: this run's;
     ``spent``: a budgeted run's account; ``imported``: trials its warm start added now;
-    ``data``: the run's data, for the study's best trial's ``model/`` folder."""
+    ``data``: the run's data, for the study's best trial's ``model/`` folder; ``refit``: that
+    model is the best trial's config retrained on train + validation."""
     import optuna
     from optuna.visualization import matplotlib as ov
 
@@ -127,7 +128,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, everything, best, data, "tune")
+        model = export_chosen(run, everything, best, data, "tune", refit)
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",
@@ -259,7 +260,8 @@ def write_tune_report_task(study_name: str, storage: str | None, results: list[T
                            space: TuneSpace, sampler: str, pruner: str,
                            reports_dir: str | None = None,
                            spent: BudgetSummary | None = None, imported: int = 0,
-                           data: DataHandle | None = None) -> str:
-    """Write the tune's report folder (with the study's best trial's model/)."""
+                           data: DataHandle | None = None, refit: bool = False) -> str:
+    """Write the tune's report folder (with the study's best trial's model/; ``refit``: its
+    refit on train + validation)."""
     return str(write_tune_report(study_name, storage, results, space, sampler, pruner,
-                                 reports_dir, spent, imported, data))
+                                 reports_dir, spent, imported, data, refit))
