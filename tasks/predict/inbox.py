@@ -129,10 +129,14 @@ def claim_new_files(inbox: str | os.PathLike, model_key: str,
                     locks=None) -> Iterator[Batch]:
     """Claim the inbox's files that ``model_key`` has not scored or rejected and no other run
     holds; the keys stay held until the block ends (record outcomes inside it)."""
+    from tasks.settings import current
     from tasks.trial.locks import TrialLockManager
 
     folder = check_inbox(inbox)
-    locks = locks if locks is not None else TrialLockManager()
+    if locks is None:  # the team's Redis where set; else OS file locks beside the ledger, so
+        # every run reading this inbox (any Prefect settings, any thread) meets the same ones
+        locks = (TrialLockManager() if current().locks
+                 else TrialLockManager(folder / LEDGER / "locks"))
     holder = f"predict-{os.getpid()}-{uuid.uuid4().hex}"
     batch = Batch(folder, model_key)
     held: list[str] = []
