@@ -29,6 +29,9 @@ def test_a_low_range_uint8_models_standardization_is_inside_and_stands_alone(tmp
         run=RunOptions(data=str(source), reports_dir=str(tmp_path / "reports"))))
     record = model_json(report)
     assert record["normalization"]["kind"] == "standardize"
+    assert "training maximum is 15, below 128" in record["normalization"]["rule"]
+    assert "training maximum is 15, below 128" in (report / "model" / "MODEL.md").read_text()
+    assert "its input normalized as integer images" in (report / "report.md").read_text()
     trials = pd.read_parquet(report / "trials.parquet")
     reported = float(trials["test_accuracy"].item())
     got = run_standalone({"scans": {"format": "npz", "source": str(source),

@@ -126,6 +126,7 @@ def model_card(record: dict[str, Any]) -> str:
         features = ("\nFeature columns, in this order: "
                     + ", ".join(f"`{name}`" for name in spec["feature_names"]) + ".\n")
     flattening = "the flattening and " if len(spec["shape"]) > 1 else ""
+    rule = record["normalization"].get("rule") or "the data step's rule"
     sizes = data.get("sizes", {})
     fashion = data.get("name") == "Fashion-MNIST"
     check = record.get("check", {})
@@ -186,7 +187,7 @@ def model_card(record: dict[str, Any]) -> str:
   seed {config['seed']}.
 - `model.keras` takes {spec['what']} (input shape {tuple(spec['shape'])}, dtype
   `{spec['dtype']}`) and gives the probabilities of {len(classes)} classes; the
-  normalization ({record['normalization']['formula']}), {flattening}the softmax are
+  normalization ({record['normalization']['formula']}: {rule}), {flattening}the softmax are
   inside. Built-in Keras layers only: `keras.saving.load_model("model.keras")` loads it
   without this project.
 - Trial key `{trial['trial_key']}`; model key `{record['model_key']}`; TensorFlow

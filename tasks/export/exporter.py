@@ -76,13 +76,16 @@ class ModelExport:
     refit: dict[str, Any] | None = None
     #: model.json's ``onnx``: whether model.onnx was written, its check and latencies
     onnx: dict[str, Any] = field(default_factory=dict)
+    #: the data's normalization rule, and why (model.json's ``normalization.rule``)
+    rule: str = ""
 
     def line(self) -> str:
         """``trial key `…`, model in `model/``` for the best-trial line of the report beside
         the folder (a link to its card); a refit's names both trials and the refit's test
         accuracy."""
         name = self.folder.name
-        where = f"model in [`{name}/`]({name}/MODEL.md)"
+        where = f"model in [`{name}/`]({name}/MODEL.md)" + (
+            f" (its input normalized as {self.rule})" if self.rule else "")
         if not self.refit:
             return f"trial key `{self.trial_key}`, {where}"
         search, refit = self.refit["search_model"], self.refit["refit_model"]
@@ -262,7 +265,7 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
                        val_accuracy=float(result.val_accuracy),
                        test_accuracy=float(result.test_accuracy), retrained=retrained,
                        check=record["check"], refit=record.get("refit"),
-                       onnx=record["onnx"])
+                       onnx=record["onnx"], rule=spec.rule)
 
 
 def _scores(result: TrialResult) -> dict[str, Any]:
@@ -320,7 +323,8 @@ def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, select
         "classes": classes,
         "input": spec.describe(),
         "before_model": spec.before_model,
-        "normalization": spec.normalization(),
+        # which rule, and why: in model.json, not in the model key (preprocessing())
+        "normalization": {**spec.normalization(), "rule": spec.rule},
         "output": {"what": "class probabilities (softmax), one per class, in the order of "
                            "`classes`", "shape": [len(classes)], "dtype": "float32"},
         "data": {"name": data_name, "source": spec.source, "fingerprint": data.fingerprint,

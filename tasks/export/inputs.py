@@ -57,6 +57,8 @@ class ModelInput:
     data_name: str = ""
     source: str = ""
     split: dict[str, Any] = field(default_factory=dict)
+    #: which normalization rule the data step applied, and why (its manifest's ``reason``)
+    rule: str = ""
 
     @property
     def features(self) -> int:
@@ -94,6 +96,11 @@ class ModelInput:
                 "before_model": self.before_model, "classes": list(self.classes)}
 
 
+#: The rule of data processed before the manifest said why (tasks.data.prepare.scaling_rule).
+DEFAULT_RULES = {"pixels": "8-bit images: x / 255, as the exercise does",
+                 "standardize": "not 8-bit images: standardized per feature"}
+
+
 def manifest_of(data: DataHandle) -> dict[str, Any]:
     return json.loads((Path(data.directory) / "manifest.json").read_text())
 
@@ -121,7 +128,8 @@ def model_input(data: DataHandle) -> ModelInput:
         else None,
         before_model=image_folder_conversion(source, shape) if kind == "image" else None,
         data_name=described.get("name", ""), source=source,
-        split=described.get("split") or {})
+        split=described.get("split") or {},
+        rule=normalization.get("reason") or DEFAULT_RULES[scaling])
 
 
 def raw_dtype(source: str, scaling: str, kind: str) -> str:
