@@ -4,7 +4,7 @@ uses: a trial in flight is one the test holds, never one it hopes is still train
     hold = Hold(tmp_path / "hold")
     env = {**env, **hold.env}            # the run's trials carry it to their workers
     hold.arm("epoch")                    # any trial stops after its first epoch
-    [held] = hold.wait("epoch")          # {"key", "point", "host", "pid", "attempt", ...}
+    held = hold.wait("epoch")[0]         # {"key", "point", "host", "pid", "attempt", ...}
     os.kill(held["pid"], signal.SIGKILL) # the trial in flight, however fast the machine
     hold.release_all()
 
@@ -108,7 +108,8 @@ class Hold:
     def wait(self, point: str, count: int = 1, where=None, *, what: str = "",
              timeout: float = WAIT_BOUND, why: str = "") -> list[dict]:
         """Wait until ``count`` trials hold at ``point`` (those for which ``where(info)`` is
-        true, if given); returns them."""
+        true, if given); returns every one holding then (more than ``count`` where several
+        workers reached it)."""
         def holding():
             found = [h for h in self.held(point) if where is None or where(h)]
             return found if len(found) >= count else None

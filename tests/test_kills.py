@@ -454,8 +454,8 @@ def kill_a_command(point: str, mnist_file: Path, home: Path) -> dict:
                          "the command holding the data lock", poll=0.001)
             evidence = "holding the data lock"
         elif point in ("training", "a Dask run"):  # a worker holds a trial (and its lock)
-            [held] = hold.wait("train", what="a worker holding a trial", timeout=300,
-                               why="a new Prefect home's server and the workers start first")[:1]
+            held = hold.wait("train", what="a worker holding a trial", timeout=300,
+                             why="a new Prefect home's server and the workers start first")[0]
             assert held["pid"] in run.workers(), (held, run.workers())
             evidence = f"{len(run.workers())} worker processes, one holding a trial"
         elif point == "the report":

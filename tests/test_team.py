@@ -700,14 +700,14 @@ def first_result_then_held(run: Run, hold: Hold) -> dict:
     """With ``train`` armed: let the first trial that holds go, wait for its result, and
     return a second trial held before training. The run then has a result and a trial in
     flight, however fast the machine."""
-    [first] = hold.wait("train", what="a first trial held before training", timeout=180,
-                        why=STARTUP)
+    first = hold.wait("train", what="a first trial held before training", timeout=180,
+                      why=STARTUP)[0]
     hold.release("train", first["key"])
     wait_for(lambda: run.finished() >= 1 or run.process.poll() is not None,
              "the first trial's result")
     assert run.process.poll() is None, run.output[-3000:]
-    [second] = hold.wait("train", where=lambda h: h["key"] != first["key"],
-                         what="a second trial held before training")
+    second = hold.wait("train", where=lambda h: h["key"] != first["key"],
+                       what="a second trial held before training")[0]
     return second
 
 
@@ -727,8 +727,8 @@ def test_a_killed_dask_worker_trial_is_trained_again(stack, mnist_big, tmp_path,
     started = time.time()
     hold.arm("epoch")
     run = Run(grid_command(mnist_big, tmp_path / "reports", stack, cells), env)
-    [held] = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
-                       why=STARTUP)
+    held = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
+                     why=STARTUP)[0]
     assert held["pid"] in dask_pids(stack), (held, dask_pids(stack))
     killed, key, killed_at, killed_time = held["pid"], held["key"], time.monotonic(), time.time()
     os.kill(killed, signal.SIGKILL)
@@ -805,11 +805,11 @@ def test_a_prefect_server_restart_mid_run(stack, mnist_big, tmp_path, hold):
         os.kill(pid, signal.SIGKILL)
     stopped = stop_service(stack, "server")
     try:
-        [again] = hold.wait(
+        again = hold.wait(
             "epoch", where=lambda h: h["pid"] not in before,
             what="a new Dask worker training a trial while the server is away", timeout=120,
             why="a nanny starts a new worker (seconds), which takes the killed trial once its "
-                "lease (5 s) expires and trains an epoch")
+                "lease (5 s) expires and trains an epoch")[0]
         assert stack.answers() is not None  # the server is still away
     finally:
         hold.release_all()
@@ -934,8 +934,8 @@ def test_a_worker_stalled_past_its_lease_then_continued(stack, mnist_big, tmp_pa
     logs = {path: path.stat().st_size for path in (stack.folder / "logs").glob("dask-*.log")}
     hold.arm("epoch")
     runs = two_grids(stack, mnist_big, tmp_path, cells, PIPELINE_LOCK_LEASE="3", **hold.env)
-    [held] = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
-                       why=STARTUP)
+    held = hold.wait("epoch", what="a Dask worker training a trial", timeout=180,
+                     why=STARTUP)[0]
     os.kill(held["pid"], signal.SIGSTOP)
     try:
         hold.release_all()  # it goes on when continued; the other run's trials do not wait
@@ -974,8 +974,8 @@ def test_a_run_stalled_past_its_lease_stops_and_takes_the_result_of_the_run_that
 
     hold.arm("epoch")
     runs = [start(1, **hold.env)]
-    [held] = hold.wait("epoch", what="the first run's trial after an epoch", timeout=180,
-                       why=STARTUP)
+    held = hold.wait("epoch", what="the first run's trial after an epoch", timeout=180,
+                     why=STARTUP)[0]
     assert held["pid"] == runs[0].process.pid
     [lease] = stack.leases()
     holder = stack.redis().get(lease)
