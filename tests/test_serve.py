@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT, synthetic_mnist, write_npz
+from test_predict import animals
 
 pytestmark = pytest.mark.xdist_group("serve")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -36,15 +37,6 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-def animals(rows: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    labels = np.array(["bird", "cat", "dog"])[rng.integers(0, 3, rows)]
-    shift = np.array([{"bird": 0.0, "cat": 2.0, "dog": 4.0}[c] for c in labels])
-    return pd.DataFrame({"size": rng.normal(10, 3, rows) + 3 * shift,
-                         "weight": rng.normal(-2, 0.5, rows) + 0.4 * shift,
-                         "legs": rng.integers(2, 5, rows), "label": labels})
-
-
 def photos(folder: Path) -> Path:
     """Three classes of 8x6 RGB photos, one colour each."""
     from PIL import Image

@@ -102,7 +102,9 @@ def epochs_text(epochs: int) -> str:
 # --------------------------------------------------------------------------------------------
 # The trial's weights, retrained where they are gone
 # --------------------------------------------------------------------------------------------
-def _in_prefect_run() -> bool:
+def in_prefect_run() -> bool:
+    """Whether this code runs inside a Prefect flow or task run (a trial is then trained
+    through the cached trial task)."""
     from prefect.context import get_run_context
 
     try:
@@ -121,7 +123,7 @@ def with_weights(result: TrialResult, data: DataHandle) -> tuple[TrialResult, bo
     say(f"The chosen trial's weights are missing ({result.weights_path or 'never saved'}): "
         f"retraining trial {result.trial_key} ({result.config.label()})")
     data_dir = str(Path(data.directory).parents[1])  # <data dir>/processed/<fingerprint>
-    if _in_prefect_run():
+    if in_prefect_run():
         from tasks.trial.task import train_trial_task
 
         fresh = train_trial_task.with_options(refresh_cache=True)(

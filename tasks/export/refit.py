@@ -37,6 +37,7 @@ from tasks.export.exporter import (
     Selection,
     epochs_text,
     export_model,
+    in_prefect_run,
 )
 from tasks.trial.result import TrialResult
 
@@ -72,16 +73,6 @@ def refit_config(result: TrialResult) -> TrialConfig:
 # --------------------------------------------------------------------------------------------
 # Training: through the trial task (cached) inside a Prefect run
 # --------------------------------------------------------------------------------------------
-def _in_prefect_run() -> bool:
-    from prefect.context import get_run_context
-
-    try:
-        get_run_context()
-    except Exception:
-        return False
-    return True
-
-
 def train_cached(config: TrialConfig, data: DataHandle, backend: str) -> tuple[TrialResult, bool]:
     """The trial of ``config`` on ``data``: the cached result where there is one, else trained
     (through the trial task inside a Prefect run, so the result is cached like any trial's;
@@ -91,7 +82,7 @@ def train_cached(config: TrialConfig, data: DataHandle, backend: str) -> tuple[T
 
     data_dir = str(Path(data.directory).parents[1])  # <data dir>/processed/<fingerprint>
     cached = probably_cached(config, data, backend)
-    if _in_prefect_run():
+    if in_prefect_run():
         result = train_trial_task(config=config, data=data, backend=backend, data_dir=data_dir)
     else:
         from tasks.config import trial_key

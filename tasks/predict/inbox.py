@@ -21,7 +21,6 @@ Hidden files (``.name``), subfolders and names ending ``.tmp``, ``.part`` or ``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
@@ -31,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.data.splits import file_sha256
 from tasks.errors import UserError
 from tasks.files import atomic_write_text
 
@@ -89,14 +89,6 @@ def inbox_files(inbox: Path) -> list[Path]:
                   and not p.name.lower().endswith(UNFINISHED))
 
 
-def content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_path(inbox: Path, key: str) -> Path:
     return inbox / LEDGER / f"{key}.json"
 
@@ -143,7 +135,7 @@ def claim_new_files(inbox: str | os.PathLike, model_key: str,
     try:
         for path in inbox_files(folder):
             try:
-                sha = content_hash(path)
+                sha = file_sha256(path)
             except OSError:  # gone or unreadable meanwhile: next run
                 continue
             key = f"{model_key}-{sha}"
