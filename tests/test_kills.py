@@ -381,7 +381,10 @@ def test_a_worker_killed_during_the_pools_shutdown_does_not_hang_the_run(mnist_f
     result = kill_a_worker("during the pool's shutdown", mnist_file, tmp_path)
     print(result)
     assert result["outcome"] == "completed"
-    assert result["seconds"] < 30  # 5 s of grace, then the report
+    # a hang, not a speed: without the bound it was still hung after 150 s; here 5 s of grace,
+    # then the report and the model's export (32.7 s once with every epoch slowed and both
+    # cores loaded)
+    assert result["seconds"] < END_WITHIN
     assert result["left"] == []
     logs = "".join(p.read_text() for p in (tmp_path / "prefect" / "logs").glob("*.log"))
     assert "still alive 5 s after the pool's shutdown began were terminated" in logs
