@@ -170,8 +170,14 @@ def serve(model: ModelFolder, sock: socket.socket, host: str, max_body: int,
 def run_command(main, argv: list[str] | None = None) -> int:
     """Run the command ``main``: a bad argument is ``error: <one line>`` and exit status 2,
     Ctrl-C ends it with 130, anything else is one line and 1."""
+    import signal
+
     from tasks.errors import one_line
 
+    # Ctrl-C is KeyboardInterrupt even where this process was started with SIGINT ignored (a
+    # parent that ignores it passes that on: a test runner's worker); uvicorn re-raises the
+    # SIGINT it caught once it has shut down, and an ignored one would end the server with 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main(argv)
     except UserError as exc:
