@@ -5,6 +5,7 @@
     python flows/random_search.py --study --protocol repeats --repeats 3
     python flows/random_search.py --budget 10m                        # 10 training minutes
     python flows/random_search.py --trials 12 --refit     # the best trial, refitted
+    python flows/random_search.py --study --ensemble 10   # the study's trials as one model
 
 Configs are drawn from the search space without repeats, reproducibly from --draw-seed (a
 larger --trials extends a smaller one), and train through the same cached task as the grid: a
@@ -26,6 +27,7 @@ from tasks.data.splits import dataset_info
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
 from tasks.export.refit import Refit
+from tasks.reports.ensemble import Ensemble, check_model_choice
 from tasks.reports.random_search import write_random_report_task
 from tasks.run_options import Budget, DrawSeed, Epochs, FanOut, RunOptions
 from tasks.search.best_of_n import StudyPlan, make_study_plan
@@ -64,11 +66,14 @@ def random_search(
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
     refit: Refit = False,
+    ensemble: Ensemble = None,
 ) -> str:
     """A plain search of ``trials`` random configs (on a ``budget``: as many as it buys), or
     the best-of-N ``study``; returns the report folder. ``epochs``, when given, replaces
     ``space.epochs``; ``refit``: the exported model is the best trial's config retrained on
-    train + validation."""
+    train + validation; ``ensemble``: it is an ensemble of that many greedy picks among the
+    trials."""
+    check_model_choice(refit, ensemble)
     space = with_epochs(space, epochs)
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     spending = make_spending(budget, data, run.backend)
@@ -84,7 +89,7 @@ def random_search(
         results, space, study, draws, run.reports_dir,
         len(results) if spending else len(proposer.configs), run.optuna_storage(),
         spending.summary() if spending else None, dataset_info(data).name, data=data,
-        refit=refit)
+        refit=refit, ensemble=ensemble)
     return finish_run(results, report, fan_out.max_failures)
 
 
@@ -93,6 +98,7 @@ def check(kwargs: dict) -> None:
     space = with_epochs(kwargs.get("space", DEFAULT_RANDOM_SPACE), kwargs.get("epochs"))
     study, seed = kwargs.get("study"), kwargs.get("draw_seed", 0)
     budget = kwargs.get("budget")
+    check_model_choice(kwargs.get("refit", False), kwargs.get("ensemble"))
     if study is not None and budget is not None:
         raise UserError(f"budget={budget!r} with --study: a budget applies to a plain search "
                         "(the study's draws are fixed by its plan); leave out one of them")

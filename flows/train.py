@@ -80,6 +80,7 @@ def refit_from_report(from_report: str, run: RunOptions = RunOptions()) -> str:
     its data (the report's, checked by fingerprint) -> the chosen trial (from the cache) ->
     its refit (a cached trial) -> the refit report; returns its folder."""
     chosen = read_report_model(from_report)
+    refuse_ensemble(chosen)
     run = chosen.run_options(run)
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
     chosen.check_data(data)
@@ -105,7 +106,18 @@ def check(kwargs: dict) -> None:
         shown = ", ".join(f"--{name}" for name in given) or "the network's options"
         raise UserError(f"--from-report takes the network from the report and always refits: "
                         f"leave out {shown}")
-    kwargs["run"] = read_report_model(folder).run_options(kwargs.get("run", RunOptions()))
+    chosen = read_report_model(folder)
+    refuse_ensemble(chosen)
+    kwargs["run"] = chosen.run_options(kwargs.get("run", RunOptions()))
+
+
+def refuse_ensemble(chosen) -> None:
+    """A refit retrains one network: an ensemble's report has none to give."""
+    if chosen.ensemble:
+        raise UserError(f"{chosen.folder}: its model is an ensemble of the search's trials; a "
+                        "refit retrains one network: give the report of a run without "
+                        "--ensemble, or train its best single trial's config with "
+                        "flows/train.py and that trial's options")
 
 
 def main(argv: list[str] | None = None) -> str:

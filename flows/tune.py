@@ -7,6 +7,7 @@
     python flows/tune.py --budget 10m --study-name ten-minutes      # 10 training minutes
     python flows/tune.py --objectives val_accuracy params --study-name small  # Pareto front
     python flows/tune.py --trials 50 --refit       # the study's best trial, refitted
+    python flows/tune.py --trials 50 --ensemble 10  # the study's trials as one model
 
 Every asked config trains as the same cached task as the grid and the random search (anything
 trained before costs nothing). The study lives in an Optuna storage (``optuna.db`` in the data
@@ -29,6 +30,7 @@ from tasks.config import PositiveInt, Seed, with_epochs
 from tasks.data.task import prepare_data_task
 from tasks.errors import UserError
 from tasks.export.refit import Refit
+from tasks.reports.ensemble import Ensemble, check_model_choice
 from tasks.reports.tune import write_tune_report_task
 from tasks.run_options import Budget, Epochs, FanOut, RunOptions
 from tasks.search.loop import finish_run, run_trials
@@ -91,12 +93,15 @@ def tune(
     run: RunOptions = RunOptions(),
     fan_out: FanOut = FanOut(),
     refit: Refit = False,
+    ensemble: Ensemble = None,
 ) -> str:
     """Run the Optuna study ``study_name`` until it holds ``trials`` finished trials and write
     its report (on a ``budget``: until it is spent); returns the report folder. ``epochs``,
     when given, replaces ``space.epochs``. ``objectives``: more than one makes a
     multi-objective study (no pruner). ``refit``: the exported model is the study's best
-    trial's config retrained on train + validation."""
+    trial's config retrained on train + validation; ``ensemble``: it is an ensemble of that
+    many greedy picks among the study's trials."""
+    check_model_choice(refit, ensemble)
     # here too: a deployment's run is not checked by the command line's check()
     objectives = check_objectives(objectives, pruner)
     space = with_epochs(space, epochs)
@@ -111,7 +116,8 @@ def tune(
     report = write_tune_report_task(study_name, storage, results, space, sampler, pruner,
                                     run.reports_dir,
                                     spending.summary() if spending else None,
-                                    proposer.imported, data=data, refit=refit)
+                                    proposer.imported, data=data, refit=refit,
+                                    ensemble=ensemble)
     return finish_run(results, report, fan_out.max_failures)
 
 
@@ -120,6 +126,7 @@ def check(kwargs: dict) -> None:
     if not kwargs.get("study_name", "tune").strip():
         raise UserError("study_name='': give the study a name")
     check_objectives(kwargs.get("objectives", ["val_accuracy"]), kwargs.get("pruner", "none"))
+    check_model_choice(kwargs.get("refit", False), kwargs.get("ensemble"))
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -108,6 +108,26 @@ Milliseconds per sample ({latency['machine']}; {latency['how']}):
 """
 
 
+def intended_use(record: dict[str, Any]) -> str:
+    """The card's "Intended use" and "Factors" sections (any model's)."""
+    data, spec, classes = record["data"], record["input"], record["classes"]
+    return f"""## Intended use
+
+Classifying samples like the training data ({data['name']}): {spec['what']}, one of the
+classes {", ".join(f"`{c}`" for c in classes[:12])}{" ..." if len(classes) > 12 else ""}.
+It is the product of a hyperparameter search for a teaching exercise and a baseline to
+compare against, not a model tested for decisions about people or for data unlike its
+training data. Out of scope: any input outside the training data's kind (another image size,
+other feature columns, other classes): the model still returns probabilities for its own
+classes.
+
+## Factors
+
+The only factors evaluated are the classes (per-class accuracy below). Nothing is known about
+how the data was collected beyond its source; subgroups within a class were not evaluated.
+"""
+
+
 def model_card(record: dict[str, Any]) -> str:
     """The card's Markdown from a ``model.json`` record."""
     trial, data, scores = record["trial"], record["data"], record["scores"]
@@ -193,21 +213,7 @@ def model_card(record: dict[str, Any]) -> str:
 - Trial key `{trial['trial_key']}`; model key `{record['model_key']}`; TensorFlow
   {versions['tensorflow']}, Keras {versions['keras']}, mnist-search {versions['mnist-search']}.
 {before_text}{features}
-## Intended use
-
-Classifying samples like the training data ({data['name']}): {spec['what']}, one of the
-classes {", ".join(f"`{c}`" for c in classes[:12])}{" ..." if len(classes) > 12 else ""}.
-It is the product of a hyperparameter search for a teaching exercise and a baseline to
-compare against, not a model tested for decisions about people or for data unlike its
-training data. Out of scope: any input outside the training data's kind (another image size,
-other feature columns, other classes): the model still returns probabilities for its own
-classes.
-
-## Factors
-
-The only factors evaluated are the classes (per-class accuracy below). Nothing is known about
-how the data was collected beyond its source; subgroups within a class were not evaluated.
-
+{intended_use(record)}
 ## Metrics
 
 Accuracy (the share of samples whose most probable class is the true one), overall and per
@@ -256,4 +262,147 @@ No personal data is known to be involved; the data's own documentation governs i
 - Inputs must be prepared as the training data was: {spec['what']}{", columns in the order "
   "above" if spec.get('feature_names') else ""}{"; image files converted as above" if before
   else ""}. The model does not check ranges or units.{retrained}
+"""
+
+
+def _ms(latency: dict[str, Any] | None, label: str) -> str:
+    value = (latency or {}).get(label)
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _count(value: Any) -> str:
+    return "?" if value is None else f"{int(value):,}"
+
+
+def ensemble_card(record: dict[str, Any]) -> str:
+    """The card of an ensemble's ``model.json`` (:mod:`tasks.export.ensemble`): its members
+    and the comparison with the best single model, then the sections of any card."""
+    ensemble, comparison = record["ensemble"], record["comparison"]
+    data, scores, spec = record["data"], record["scores"], record["input"]
+    chosen, versions, check = record["chosen"], record["versions"], record.get("check", {})
+    sizes = data.get("sizes", {})
+    members = ensemble["members"]
+    member_rows = [[m["name"], f"`{m['trial_key']}`", m["picks"], f"{m['weight']:.3g}",
+                    m["label"], _count(m["param_count"]), _accuracy(m["val_accuracy"]),
+                    _accuracy(m["test_accuracy"])] for m in members]
+    single, mine, top = comparison["best_single"], comparison["ensemble"], \
+        comparison["top_k_average"]
+    compare_rows = [
+        ["**this ensemble**", f"{len(members)} trials, {ensemble['k']} picks",
+         _accuracy(mine["val_accuracy"]), f"**{_accuracy(mine['test_accuracy'])}**",
+         _count(mine["param_count"]), _ms(mine["latency_ms"], "batch_256"),
+         _ms(mine["latency_ms"], "batch_1")],
+        ["the best single trial by validation", f"`{single['trial_key']}` ({single['label']})",
+         _accuracy(single["val_accuracy"]), _accuracy(single["test_accuracy"]),
+         _count(single["param_count"]), _ms(single["latency_ms"], "batch_256"),
+         _ms(single["latency_ms"], "batch_1")],
+        [f"the plain average of the top {top['k']} by validation", f"{top['k']} trials",
+         _accuracy(top["val_accuracy"]), _accuracy(top["test_accuracy"]), "", "", ""],
+    ]
+    picks = [row for row in ensemble["curve"] if row["k"] in (1, 2, 5, 10, 25, 50, 100)
+             or row["k"] == ensemble["k"]]
+    curve_rows = [[row["k"], row["members"], _accuracy(row["val_accuracy"]),
+                   _accuracy(row["test_accuracy"]), _accuracy(row["top_k_val_accuracy"]),
+                   _accuracy(row["top_k_test_accuracy"])] for row in picks]
+    skipped = (f" {ensemble['skipped']} completed trial(s) were skipped: their weights were "
+               "gone (or their probabilities not finite), and an ensemble never trains."
+               if ensemble["skipped"] else "")
+    before = record.get("before_model")
+    before_text = (f"\nBefore the model, each image file is converted as the data step did: "
+                   f"`{before['steps']}`.\n" if before else "")
+    rule = record["normalization"].get("rule") or "the data step's rule"
+    latency = comparison["latency"]
+    return f"""# Model card: {record['name']}
+
+## Model details
+
+- An **ensemble** of {len(members)} fully connected network(s) that the mnist-search
+  pipeline trained in a search, chosen by greedy ensemble selection (Caruana et al.,
+  "Ensemble Selection from Libraries of Models", ICML 2004): {chosen['how']}. Nothing was
+  trained for it: each member is a trial with the weights the search stored.
+- `model.keras` takes {spec['what']} (input shape {tuple(spec['shape'])}, dtype
+  `{spec['dtype']}`), normalizes it once ({record['normalization']['formula']}: {rule}),
+  runs every member (a nested model named as below) and adds their class probabilities
+  scaled by their weights (`Rescaling` then `Add`): the weighted average of
+  {len(record['classes'])} class probabilities. Built-in Keras layers only:
+  `keras.saving.load_model("model.keras")` loads it without this project.
+- Model key `{record['model_key']}`; TensorFlow {versions['tensorflow']}, Keras
+  {versions['keras']}, mnist-search {versions['mnist-search']}.
+{before_text}
+### Members
+
+Weight = picks / {ensemble['k']}. Validation and test accuracy: each trial's own.
+
+{_table(["member", "trial key", "picks", "weight", "network", "parameters",
+         "validation accuracy", "test accuracy"], member_rows)}
+
+The pool: {ensemble['pool']}.{skipped}
+
+{intended_use(record)}
+## Metrics
+
+Accuracy (the share of samples whose most probable class is the true one), overall and per
+class, and the confusion matrix, on the test split; the validation split chose the members,
+the test split took no part in it.
+
+### The ensemble against the best single model
+
+Latency: {latency['how']} ({latency['machine']}).
+
+{_table(["model", "what", "validation accuracy", "test accuracy", "parameters",
+         "ms per input (batch 256)", "ms per input (batch 1)"], compare_rows)}
+
+### By the number of picks
+
+The first k picks of the greedy selection (greedy: they are the k-pick ensemble), and the
+plain average of the top k trials by validation accuracy:
+
+{_table(["k", "members", "validation", "test", "top-k average: validation",
+         "top-k average: test"], curve_rows)}
+
+All {len(ensemble['curve'])} rows are in `model.json` (`ensemble.curve`).
+
+## Evaluation data
+
+The test split of {data['name']} (`{data['source']}`): {data['split_text']}. Data
+fingerprint `{data['fingerprint']}`.
+
+## Training data
+
+The training split of the same data ({sizes.get('train', '?')} samples) trained every member;
+the validation split ({sizes.get('validation', '?')} samples) chose their epochs, the search's
+trials and the ensemble's picks.
+
+## Quantitative analyses
+
+Per class (test split):
+
+{per_class_table(record)}
+
+Confusion matrix (test split; rows: true class, columns: predicted class):
+
+{confusion_table(record)}
+
+The exported model, run on the test split as raw input, predicted
+{check.get('differing_predictions', '?')} of {check.get('samples', '?')} samples differently
+from the members' weighted average computed from their weights on the processed split (test
+accuracy {_accuracy(check.get('test_accuracy'))}).
+{onnx_section(record)}
+## Ethical considerations
+
+No personal data is known to be involved; the data's own documentation governs its use.
+
+## Caveats and recommendations
+
+- **A selection on the validation split overrates.** The picks were made to raise the
+  validation accuracy ({_accuracy(scores['val_accuracy'])}): it is above what the ensemble
+  will score on new data. Quote the test accuracy ({_accuracy(scores['test_accuracy'])}),
+  which took no part in the choice; compare it with the best single model's test accuracy
+  above.
+- The test accuracy is one split's: with {sizes.get('test', '?')} samples, one sample is
+  {100 / max(int(sizes.get('test', 1) or 1), 1):.3g} points.
+- It costs every member's forward pass: its parameters and latency above against the single
+  model's.
+- Inputs must be prepared as the training data was: {spec['what']}{"; image files converted "
+  "as above" if before else ""}. The model does not check ranges or units.
 """

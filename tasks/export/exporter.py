@@ -78,14 +78,22 @@ class ModelExport:
     onnx: dict[str, Any] = field(default_factory=dict)
     #: the data's normalization rule, and why (model.json's ``normalization.rule``)
     rule: str = ""
+    #: model.json's ``ensemble`` where the exported model is an ensemble of the run's trials
+    #: (:mod:`tasks.export.ensemble`; ``trial_key`` is then empty), else None
+    ensemble: dict[str, Any] | None = None
 
     def line(self) -> str:
         """``trial key `…`, model in `model/``` for the best-trial line of the report beside
         the folder (a link to its card); a refit's names both trials and the refit's test
-        accuracy."""
+        accuracy; an ensemble's, its members and scores."""
         name = self.folder.name
         where = f"model in [`{name}/`]({name}/MODEL.md)" + (
             f" (its input normalized as {self.rule})" if self.rule else "")
+        if self.ensemble:
+            members = self.ensemble["members"]
+            return (f"**ensemble** of {len(members)} trial(s) by {self.ensemble['k']} greedy "
+                    f"picks on validation: validation {self.val_accuracy:.4f}, test "
+                    f"**{self.test_accuracy:.4f}**, {where}")
         if not self.refit:
             return f"trial key `{self.trial_key}`, {where}"
         search, refit = self.refit["search_model"], self.refit["refit_model"]
@@ -304,10 +312,9 @@ def refit_record(refit: TrialResult, data: DataHandle, search: TrialResult,
     }
 
 
-def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, selection: Selection,
-                 key: str, labels: np.ndarray, predicted: np.ndarray, exported: np.ndarray,
-                 retrained: bool, name: str = "") -> dict[str, Any]:
-    """``model.json``: everything a user or a later step needs to use the model."""
+def class_scores(spec: ModelInput, labels: np.ndarray, predicted: np.ndarray
+                 ) -> tuple[dict[str, Any], np.ndarray]:
+    """Per class (test samples, test accuracy) and the confusion matrix (rows: true class)."""
     classes = list(spec.classes)
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -316,10 +323,17 @@ def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, select
         count = int(confusion[index].sum())
         per_class[class_name] = {"test_samples": count, "test_accuracy":
                                  float(confusion[index, index] / count) if count else None}
+    return per_class, confusion
+
+
+def common_record(spec: ModelInput, data: DataHandle, key: str, name: str) -> dict[str, Any]:
+    """What every ``model.json`` starts with (a single trial's or an ensemble's): the model's
+    name and key, its classes, input, normalization, output and data."""
+    classes = list(spec.classes)
     data_name = spec.data_name or "data"
     return {
         "layout": LAYOUT,
-        "name": name or f"{data_name}: {result.config.label()}",
+        "name": name,
         "model_key": key,
         "file": MODEL_FILE,
         "classes": classes,
@@ -333,6 +347,17 @@ def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, select
                  "split": spec.split, "split_text": split_text(spec.split),
                  "sizes": {"train": data.train_size, "validation": data.validation_size,
                            "test": data.test_size}},
+    }
+
+
+def model_record(result: TrialResult, data: DataHandle, spec: ModelInput, selection: Selection,
+                 key: str, labels: np.ndarray, predicted: np.ndarray, exported: np.ndarray,
+                 retrained: bool, name: str = "") -> dict[str, Any]:
+    """``model.json``: everything a user or a later step needs to use the model."""
+    per_class, confusion = class_scores(spec, labels, predicted)
+    data_name = spec.data_name or "data"
+    return {
+        **common_record(spec, data, key, name or f"{data_name}: {result.config.label()}"),
         "trial": {"trial_key": result.trial_key, "config": result.config.model_dump(),
                   "backend": result.backend, "best_epoch": result.best_epoch,
                   "param_count": result.param_count, "weights_path": result.weights_path,

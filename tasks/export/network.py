@@ -36,10 +36,22 @@ def build_standalone(config: TrialConfig, weights: Sequence[np.ndarray], spec: M
     """The exported Keras model of a trial: raw input in, class probabilities out."""
     tensorflow()
     import keras
-    from keras import layers
 
     network = build_model(config, weights[0].shape[0], weights[-1].shape[0])
     network.set_weights(list(weights))
+    inputs, x = normalized_input(spec)
+    for layer in network.layers:  # hidden, dropout, ..., output, softmax
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{config.layers}x{config.units}-{config.activation}")
+
+
+def normalized_input(spec: ModelInput):
+    """The exported model's input and its preprocessing: (the Input, the normalized feature
+    rows as the networks take them)."""
+    tensorflow()
+    import keras
+    from keras import layers
+
     inputs = keras.Input(spec.shape, dtype=spec.dtype,
                          name="image" if spec.kind == "image" else "features")
     x = inputs
@@ -47,10 +59,7 @@ def build_standalone(config: TrialConfig, weights: Sequence[np.ndarray], spec: M
         # integers pass unchanged; floats are flattened in float64, as the data step reads them
         x = layers.Flatten(name="flatten",
                            dtype="float64" if spec.scaling == "standardize" else None)(x)
-    x = normalization_layer(spec)(x)
-    for layer in network.layers:  # hidden, dropout, ..., output, softmax
-        x = layer(x)
-    return keras.Model(inputs, x, name=f"{config.layers}x{config.units}-{config.activation}")
+    return inputs, normalization_layer(spec)(x)
 
 
 def network_of(model):

@@ -147,6 +147,9 @@ class ReportModel:
     source: str
     split: dict[str, Any]
     selection: Selection
+    #: the report's model is an ensemble (:mod:`tasks.export.ensemble`): ``config`` and
+    #: ``backend`` are its first member's, ``trial_key`` the best single trial's
+    ensemble: bool = False
 
     def run_options(self, run):
         """``run`` (the command line's RunOptions) with the report's data and split where it
@@ -182,16 +185,21 @@ def read_report_model(folder: str | os.PathLike) -> ReportModel:
                         "reports/baseline-...; the exercise's parts each have one)")
     try:
         record = json.loads(path.read_text())
-        refit = record.get("refit")
-        chosen = refit["search_model"] if refit else record["trial"]
+        refit, ensemble = record.get("refit"), record.get("ensemble")
+        chosen = (refit["search_model"] if refit else ensemble["members"][0] if ensemble
+                  else record["trial"])
         fingerprint = (refit["search_model"]["data_fingerprint"] if refit
                        else record["data"]["fingerprint"])
         selection = Selection(**{k: v for k, v in record["chosen"].items()
                                  if k in ("run", "trials", "by", "split", "report")})
+        if ensemble:
+            selection = Selection(selection.run, selection.trials, report=selection.report)
         return ReportModel(folder=folder, config=TrialConfig(**chosen["config"]),
-                           trial_key=chosen["trial_key"],
+                           trial_key=(record["comparison"]["best_single"]["trial_key"]
+                                      if ensemble else chosen["trial_key"]),
                            backend=chosen.get("backend") or record["trial"]["backend"],
                            fingerprint=fingerprint, source=record["data"]["source"],
-                           split=dict(record["data"].get("split") or {}), selection=selection)
+                           split=dict(record["data"].get("split") or {}), selection=selection,
+                           ensemble=bool(ensemble))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: not a model.json this pipeline wrote ({exc})") from None

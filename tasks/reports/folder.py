@@ -185,14 +185,14 @@ def best_trial_line(best: pd.Series, what: str = "trial", model: str = "") -> st
 # The model of the run (tasks.export): the chosen trial's model/ folder
 # --------------------------------------------------------------------------------------------
 def export_chosen(run: RunFolder, results: Sequence[TrialResult], best: pd.Series | None,
-                  data: DataHandle | None, kind: str, refit: bool = False
-                  ) -> ModelExport | None:
+                  data: DataHandle | None, kind: str, refit: bool = False) -> ModelExport | None:
     """Export the chosen trial (``best``, a row of the trials table) into the run folder's
     ``model/``, as the report step "model" (should it fail, the rest of the report is still
     written, then the run ends with its error line); None without data or without a
     completed trial (a report written from results alone, e.g. in tests). ``refit``: retrain
     the chosen config on train + validation first and export that model
-    (:func:`tasks.export.refit.export_refit`), the report step "refit"."""
+    (:func:`tasks.export.refit.export_refit`), the report step "refit" (an ensemble instead:
+    :func:`tasks.reports.ensemble.export_run_model`)."""
     if data is None or best is None:
         return None
     chosen = [r for r in results if r.trial_key == best["trial_key"] and r.status == "completed"]
@@ -233,6 +233,16 @@ def publish_model(key: str, model: ModelExport | None, folder: Path) -> None:
         return
     where = folder / MODEL_FOLDER
     publish_model_link(key, where)
+    if model.ensemble:
+        create_markdown_artifact(
+            f"## The model: an ensemble\n\n- folder: `{where}` (`model.keras`, `model.json`, "
+            f"`MODEL.md`)\n- {len(model.ensemble['members'])} trial(s), "
+            f"{model.ensemble['k']} greedy picks on validation; model key "
+            f"`{model.model_key}`\n- validation {model.val_accuracy:.4f}, test "
+            f"**{model.test_accuracy:.4f}**\n"
+            "- load it without this project: `keras.saving.load_model(\"model.keras\")`\n",
+            key=f"{key}-model-card", description="the run's model: an ensemble of its trials")
+        return
     refit = ""
     if model.refit:
         search = model.refit["search_model"]

@@ -12,13 +12,13 @@ from prefect import task
 from tasks.data.splits import DataHandle
 from tasks.export.exporter import ModelExport
 from tasks.files import atomic_write_text
+from tasks.reports.ensemble import ensemble_section, export_run_model
 from tasks.reports.figures import grid as plots
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
     best_trial_line,
     default_reports_dir,
-    export_chosen,
     grid_lines,
     markdown_table,
     publish_artifacts,
@@ -46,10 +46,12 @@ def write_grid_report(
     storage: str | None = None,
     data: DataHandle | None = None,
     refit: bool = False,
+    ensemble: int | None = None,
 ) -> Path:
     """Write the grid run folder; returns its final path. ``storage``: the Optuna storage the
     run is exported to; ``data``: the run's data, for the best cell's ``model/`` folder;
-    ``refit``: that model is the best cell's config retrained on train + validation."""
+    ``refit``: that model is the best cell's config retrained on train + validation;
+    ``ensemble``: that model is an ensemble of that many greedy picks among the cells."""
     frame = trials_frame(results)
     counts = count_results(results)
     table = results_table(frame)
@@ -75,12 +77,12 @@ def write_grid_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, results, best, data, "grid", refit)
+        model = export_run_model(run, results, best, data, "grid", refit, ensemble)
         with run.step("report.md"):
             summary = grid_summary(frame, best, counts, space, wall_seconds, model)
             atomic_write_text(out / "report.md",
                               grid_markdown(summary, frame, table_text, figures) + pareto_text
-                              + "\n" + optuna_text)
+                              + "\n" + optuna_text + ensemble_section(model))
     publish_artifacts("grid-results", table, summary, run.final,
                       f"Grid search: {space.describe()}")
     publish_model("grid", model, run.final)
@@ -142,8 +144,10 @@ def write_grid_report_task(results: list[TrialResult], space: SearchSpace,
                            reports_dir: str | None = None,
                            wall_seconds: float | None = None,
                            storage: str | None = None,
-                           data: DataHandle | None = None, refit: bool = False) -> str:
+                           data: DataHandle | None = None, refit: bool = False,
+                           ensemble: int | None = None) -> str:
     """Write the grid report folder (trials.parquet, tables, heatmaps, the best cell's
-    model/ (with ``refit``: its refit on train + validation), report.md)."""
+    model/ (with ``refit``: its refit on train + validation; with ``ensemble``: an ensemble
+    of the cells), report.md)."""
     return str(write_grid_report(results, space, reports_dir, wall_seconds, storage, data,
-                                 refit))
+                                 refit, ensemble))

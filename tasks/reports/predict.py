@@ -146,6 +146,7 @@ def summary_record(model: ModelFolder, inputs: Inputs, counts, evaluation: Evalu
         "report": folder.name,
         "model": {"folder": str(model.folder), "model_key": model.model_key,
                   "trial_key": model.record.get("trial", {}).get("trial_key"),
+                  "ensemble_trial_keys": (model.record.get("ensemble") or {}).get("trial_keys"),
                   "name": model.name, "classes": list(model.classes)},
         "input": {"source": inputs.source, "what": inputs.what, "rows": len(inputs),
                   "split": inputs.split, "fingerprint": inputs.fingerprint,
@@ -171,11 +172,14 @@ def report_markdown(model: ModelFolder, inputs: Inputs, counts, evaluation: Eval
                     summary: dict[str, Any], images: bool,
                     inbox: dict[str, Any] | None) -> str:
     trial = model.record.get("trial", {}).get("trial_key")
+    ensemble = model.record.get("ensemble")
+    which = (f"an ensemble of {len(ensemble['members'])} trials" if ensemble
+             else f"trial key `{trial}`")
     source = (f"[`{model.report.name}`](../{model.report.name}/report.md)" if model.report
               else f"`{model.folder}`")
     lines = [f"# Predictions: {model.name}", "",
-             f"- **model**: `{model.folder}` (model key `{model.model_key}`, trial key "
-             f"`{trial}`), from {source}; it takes {model.takes()}",
+             f"- **model**: `{model.folder}` (model key `{model.model_key}`, {which}), from "
+             f"{source}; it takes {model.takes()}",
              f"- **input**: `{inputs.source}`: {inputs.what}; {len(inputs)} rows"
              + (f", {int(inputs.labelled.sum())} with labels" if inputs.labels is not None
                 else ", no labels")]

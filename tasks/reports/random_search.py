@@ -13,6 +13,7 @@ from prefect import task
 from tasks.data.splits import DataHandle
 from tasks.export.exporter import ModelExport
 from tasks.files import atomic_write_parquet, atomic_write_text
+from tasks.reports.ensemble import ensemble_section, export_run_model
 from tasks.reports.figures import budget as budget_plots
 from tasks.reports.figures import random_search as plots
 from tasks.reports.folder import (
@@ -20,7 +21,6 @@ from tasks.reports.folder import (
     best_trial,
     best_trial_line,
     default_reports_dir,
-    export_chosen,
     markdown_table,
     publish_artifacts,
     publish_model,
@@ -49,13 +49,15 @@ def write_random_report(
     dataset: str = "MNIST",
     data: DataHandle | None = None,
     refit: bool = False,
+    ensemble: int | None = None,
 ) -> Path:
     """Write the random-search run folder; returns its final path. ``draws`` are the study's
     draws as ``(N, repeat, trial keys)``; ``requested`` is the number of trainings the search
     asked for before caching and de-duplication; ``storage``: the Optuna storage the run is
     exported to; ``spent``: the account of a budgeted search; ``data``: the run's data, for
     the best trial's ``model/`` folder; ``refit``: that model is the best trial's config
-    retrained on train + validation.
+    retrained on train + validation; ``ensemble``: that model is an ensemble of that many
+    greedy picks among the trials.
 
     ``trials.parquet`` is written first; the best-of-N table and every figure after it, each
     as a named step (a failure there keeps the results, see :class:`RunFolder`)."""
@@ -95,15 +97,15 @@ def write_random_report(
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, results, best, data, "study" if plan else "random search",
-                              refit)
+        model = export_run_model(run, results, best, data, "study" if plan else "random search",
+                                 refit, ensemble)
         with run.step("report.md"):
             summary = random_summary(frame, best, counts, space, plan, best_of_n, requested,
                                      spent, model)
             atomic_write_text(out / "report.md",
                               random_markdown(summary, table_text, study_text, plan,
                                               budget_text + pareto_text) + "\n"
-                              + optuna_text)
+                              + optuna_text + ensemble_section(model))
     publish_artifacts("random-trials", table, summary, run.final,
                       f"Random search over {space.describe()}")
     publish_model("random", model, run.final)
@@ -226,10 +228,10 @@ def write_random_report_task(results: list[TrialResult], space: SearchSpace,
                              spent: BudgetSummary | None = None,
                              dataset: str = "MNIST",
                              data: DataHandle | None = None,
-                             refit: bool = False) -> str:
+                             refit: bool = False, ensemble: int | None = None) -> str:
     """Write the random-search report folder (``dataset``: the data's name: the notebook's
     own best-of-N points are drawn beside the study's on MNIST only; ``data``: the run's
     data, for the best trial's model/; ``refit``: that model refitted on train +
-    validation)."""
+    validation; ``ensemble``: an ensemble of that many picks instead)."""
     return str(write_random_report(results, space, plan, draws, reports_dir, requested,
-                                   storage, spent, dataset, data, refit))
+                                   storage, spent, dataset, data, refit, ensemble))

@@ -16,13 +16,13 @@ from prefect import task
 
 from tasks.data.splits import DataHandle
 from tasks.files import atomic_write_parquet, atomic_write_text
+from tasks.reports.ensemble import ensemble_section, export_run_model
 from tasks.reports.figures import budget as budget_plots
 from tasks.reports.folder import (
     RunFolder,
     best_trial,
     best_trial_line,
     default_reports_dir,
-    export_chosen,
     markdown_table,
     publish_artifacts,
     publish_model,
@@ -67,11 +67,13 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
                       space: TuneSpace, sampler: str, pruner: str,
                       reports_dir: str | os.PathLike | None = None,
                       spent: BudgetSummary | None = None, imported: int = 0,
-                      data: DataHandle | None = None, refit: bool = False) -> Path:
+                      data: DataHandle | None = None, refit: bool = False,
+                      ensemble: int | None = None) -> Path:
     """Write the tune's report folder; returns its final path. ``results``: this run's;
     ``spent``: a budgeted run's account; ``imported``: trials its warm start added now;
     ``data``: the run's data, for the study's best trial's ``model/`` folder; ``refit``: that
-    model is the best trial's config retrained on train + validation."""
+    model is the best trial's config retrained on train + validation; ``ensemble``: that model
+    is an ensemble of that many greedy picks among the study's trials."""
     import optuna
     from optuna.visualization import matplotlib as ov
 
@@ -128,7 +130,7 @@ def write_tune_report(study_name: str, storage: str | None, results: Sequence[Tr
         pareto_text = ""
         with run.step("accuracy against size"):
             pareto_text = write_tradeoffs(frame, out)
-        model = export_chosen(run, everything, best, data, "tune", refit)
+        model = export_run_model(run, everything, best, data, "tune", refit, ensemble)
         with run.step("report.md"):
             lines = [
                 f"## Tune '{study_name}'", "",
@@ -168,7 +170,7 @@ Pruned trials show the validation accuracy of their last epoch.
 {table_text}
 
 Files: `trials.parquet` (one row per trial of the study), `trials.txt`.
-""")
+""" + ensemble_section(model))
     publish_artifacts("tune-trials", results_table(frame, sort_by="val_accuracy"), summary,
                       run.final,
                       f"Tune '{study_name}' over {space.describe()}")
@@ -260,8 +262,9 @@ def write_tune_report_task(study_name: str, storage: str | None, results: list[T
                            space: TuneSpace, sampler: str, pruner: str,
                            reports_dir: str | None = None,
                            spent: BudgetSummary | None = None, imported: int = 0,
-                           data: DataHandle | None = None, refit: bool = False) -> str:
+                           data: DataHandle | None = None, refit: bool = False,
+                           ensemble: int | None = None) -> str:
     """Write the tune's report folder (with the study's best trial's model/; ``refit``: its
-    refit on train + validation)."""
+    refit on train + validation; ``ensemble``: an ensemble of the study's trials)."""
     return str(write_tune_report(study_name, storage, results, space, sampler, pruner,
-                                 reports_dir, spent, imported, data, refit))
+                                 reports_dir, spent, imported, data, refit, ensemble))

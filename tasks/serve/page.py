@@ -430,6 +430,19 @@ function card() {
     }
     aside.append(table);
   }
+  const ensemble = record.ensemble;
+  if (ensemble) {
+    const single = (record.comparison || {}).best_single || {};
+    list("Ensemble", [
+      ["members", ensemble.members.length + " trials, " + ensemble.k + " greedy picks"],
+      ...ensemble.members.map((m) => [
+        m.name, "weight " + (+m.weight).toPrecision(3) + " · " + m.label + " · test "
+                + fixed(m.test_accuracy, 4)]),
+      ["best single", single.trial_key ? "test " + fixed(single.test_accuracy, 4) + " · "
+                                         + single.label : null],
+      ["parameters", ensemble.param_count ? Number(ensemble.param_count).toLocaleString()
+                                          : null]]);
+  }
   const trial = record.trial || {};
   const settings = trial.config || {};
   list("Hyperparameters", [
