@@ -176,6 +176,55 @@ def test_probabilities_are_computed_once_per_trial_and_again_when_its_weights_ch
     assert broken.computed == 1
 
 
+def test_the_curve_is_each_ks_greedy_ensemble_and_top_k_average(tmp_path):
+    """Every row of the curve against the averages computed directly, k beyond the pool
+    included (the top-k average then stays at the whole pool)."""
+    from tasks.data.splits import DataHandle, Splits
+    from tasks.ensemble.choose import choose_ensemble
+
+    rng = np.random.default_rng(6)
+    labels_val, labels_test = rng.integers(0, 3, 80), rng.integers(0, 3, 120)
+    x_val, x_test = (rng.normal(size=(80, 5)).astype(np.float32),
+                     rng.normal(size=(120, 5)).astype(np.float32))
+    x_val[np.arange(80), labels_val] += 1.5
+    x_test[np.arange(120), labels_test] += 1.5
+    results = []
+    for index in range(4):
+        config = TrialConfig(units=3, seed=index)
+        weights = [rng.normal(0, 1, s).astype(np.float32) for s in ((5, 3), (3,), (3, 3), (3,))]
+        probabilities = forward(config, weights, x_val)
+        results.append(fake_result(f"t{index}", tmp_path, float(np.mean(
+            probabilities.argmax(axis=1) == labels_val)), weights=weights, config=config))
+    splits = Splits(np.zeros((1, 5), np.float32), np.zeros(1), x_val, labels_val, x_test,
+                    labels_test, 3)
+    data = DataHandle(directory=str(tmp_path), fingerprint="f" * 20, train_size=1,
+                      validation_size=80, test_size=120, features=5, classes=3)
+    choice = choose_ensemble(results, data, 7, splits=splits)
+    order = list(choice.pool.trials)
+    val = {r.trial_key: forward(r.config, _weights(r), x_val) for r in order}
+    test = {r.trial_key: forward(r.config, _weights(r), x_test) for r in order}
+    for row in choice.curve.to_dict("records"):
+        k = row["k"]
+        picked = [order[s.candidate].trial_key for s in choice.greedy.steps[:k]]
+        assert row["val_accuracy"] == pytest.approx(np.mean(
+            np.mean([val[t] for t in picked], axis=0).argmax(axis=1) == labels_val))
+        assert row["test_accuracy"] == pytest.approx(np.mean(
+            np.mean([test[t] for t in picked], axis=0).argmax(axis=1) == labels_test))
+        top = [r.trial_key for r in order[:min(k, 4)]]
+        assert row["top_k_members"] == len(top) and row["members"] == len(set(picked))
+        assert row["top_k_test_accuracy"] == pytest.approx(np.mean(
+            np.mean([test[t] for t in top], axis=0).argmax(axis=1) == labels_test))
+    assert sum(m.picks for m in choice.members) == 7
+    assert choice.test_accuracy == choice.curve["test_accuracy"].iloc[-1]
+    assert choice.best_single.trial_key == order[0].trial_key
+
+
+def _weights(result: TrialResult) -> list[np.ndarray]:
+    from tasks.engine.model import read_weights
+
+    return read_weights(result.weights_path)
+
+
 @pytest.mark.parametrize("scaling", ["pixels", "standardize"])
 def test_the_ensemble_network_is_its_members_weighted_average_and_reloads(scaling, tmp_path):
     import keras

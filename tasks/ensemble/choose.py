@@ -115,28 +115,33 @@ def choose_ensemble(results: Sequence[TrialResult], data: DataHandle, k: int,
             test[result.trial_key] = test_cache.of(result)
         return test[result.trial_key]
 
-    rows = []
-    top_k = min(k, len(trials))
-    for picks in range(1, k + 1):
-        members = greedy.members(picks)
-        weights = [(trials[i].trial_key, count) for i, count in members]
-        for i, _ in members:
-            test_of(trials[i])
-        ensemble_val, ensemble_test = average(val, weights), average(test, weights)
-        top = trials[:min(picks, top_k)]
-        for result in top:
-            test_of(result)
-        top_weights = [(r.trial_key, 1.0) for r in top]
-        top_val, top_test = average(val, top_weights), average(test, top_weights)
+    # running sums, one member added per k: the greedy ensemble's picks, the top k's trials
+    greedy_val = np.zeros(val_all.shape[1:], np.float64)
+    greedy_test = np.zeros((len(y_test), val_all.shape[2]), np.float64)
+    top_val, top_test = np.zeros_like(greedy_val), np.zeros_like(greedy_test)
+    rows, distinct = [], set()
+    for picks, step in enumerate(greedy.steps, 1):
+        picked = trials[step.candidate]
+        distinct.add(step.candidate)
+        greedy_val += val[picked.trial_key]
+        greedy_test += test_of(picked)
+        top = min(picks, len(trials))
+        if top == picks:  # the top k: one more trial, until the pool runs out
+            top_val += val[trials[top - 1].trial_key]
+            top_test += test_of(trials[top - 1])
+        ensemble_val = (greedy_val / picks).astype(np.float32)
+        ensemble_test = (greedy_test / picks).astype(np.float32)
+        average_val = (top_val / top).astype(np.float32)
+        average_test = (top_test / top).astype(np.float32)
         rows.append({
-            "k": picks, "members": len(members),
+            "k": picks, "members": len(distinct),
             "val_accuracy": accuracy(ensemble_val, y_val),
             "val_loss": float(log_loss(ensemble_val, y_val)),
             "test_accuracy": accuracy(ensemble_test, y_test),
             "test_loss": float(log_loss(ensemble_test, y_test)),
-            "top_k_members": len(top),
-            "top_k_val_accuracy": accuracy(top_val, y_val),
-            "top_k_test_accuracy": accuracy(top_test, y_test),
+            "top_k_members": top,
+            "top_k_val_accuracy": accuracy(average_val, y_val),
+            "top_k_test_accuracy": accuracy(average_test, y_test),
         })
     members = [Member(trials[i], count, count / k) for i, count in greedy.members()]
     weights = [(m.result.trial_key, m.picks) for m in members]
