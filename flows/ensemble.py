@@ -2,6 +2,7 @@
 
     python flows/ensemble.py --from-report reports/random-...                 # 25 picks
     python flows/ensemble.py --from-report reports/tune-... --ensemble 10
+    python flows/ensemble.py --from-report reports/random-... reports/tune-...  # one pool
 
 Reads the report's ``trials.parquet`` (a grid's, a random search's or study's, a tune's) and
 its data (the report's ``model/model.json``: the same data and split, checked by fingerprint),
@@ -10,7 +11,8 @@ picks K members greedily with replacement on the validation split's class probab
 them), and writes an ``ensemble-…`` report folder whose ``model/`` is the ensemble: one
 ``model.keras``, ``model.json`` and a card that compares it with the best single trial. A
 trial whose weights are gone is skipped (and counted): this never trains. Searches take the
-same as ``--ensemble K`` (docs/models.md#ensembles).
+same as ``--ensemble K`` (docs/models.md#ensembles). Several reports of the same data (the
+same fingerprint) make one pool: a study's and a tune's trials together.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from tasks.trial.result import TrialResult
 DEFAULT_PICKS = 25
 TRIALS_TABLE = "trials.parquet"
 
-FromReport = Annotated[str | None, Field(
+FromReport = Annotated[list[str] | None, Field(
     description="a search's report folder (reports/grid-..., reports/random-..., "
-                "reports/tune-...): its trials.parquet gives the candidates, its model/model.json "
-                "the data and split (unless --data and the split options say)",
+                "reports/tune-...), or several of the same data: their trials.parquet give the "
+                "candidates, the first one's model/model.json the data and split (unless "
+                "--data and the split options say)",
     json_schema_extra={"group": "model", "metavar": "DIR"})]
 Picks = Annotated[int, Field(
     ge=1, le=1000, description="greedy picks with replacement (a trial picked twice weighs "
@@ -66,23 +69,34 @@ def report_trials(folder: str | Path) -> list[TrialResult]:
         raise UserError(f"{path}: not a trials table this pipeline wrote ({exc})") from None
 
 
+def folders(from_report: str | list[str] | None) -> list[str]:
+    """``--from-report``'s folders (a deployment may pass one text)."""
+    if not from_report:
+        raise UserError("give --from-report DIR: the report folder of a search "
+                        "(reports/grid-..., reports/random-..., reports/tune-...)")
+    return [from_report] if isinstance(from_report, str) else list(from_report)
+
+
 @flow(name="ensemble")
 def ensemble_from_report(from_report: FromReport = None, ensemble: Picks = DEFAULT_PICKS,
                          run: RunOptions = RunOptions()) -> str:
-    """The ensemble of ``ensemble`` greedy picks among the trials of the report
-    ``from_report``, on its data (checked by fingerprint): an ``ensemble-…`` report folder
+    """The ensemble of ``ensemble`` greedy picks among the trials of the report(s)
+    ``from_report``, on their data (checked by fingerprint): an ``ensemble-…`` report folder
     whose ``model/`` is the ensemble; returns its path."""
-    if from_report is None:
-        raise UserError("give --from-report DIR: the report folder of a search")
-    results = report_trials(from_report)
-    chosen = read_report_model(from_report)
-    run = chosen.run_options(run)
+    sources = folders(from_report)
+    results = [result for folder in sources for result in report_trials(folder)]
+    reports = [read_report_model(folder) for folder in sources]
+    run = reports[0].run_options(run)
     data = prepare_data_task(run.data, run.split(), run.data_dir, run.label)
-    chosen.check_data(data)
+    for chosen in reports:
+        chosen.check_data(data)
     completed = len({r.trial_key for r in results if r.status == "completed"})
-    selection = Selection(chosen.selection.run, completed, report=Path(from_report).name)
-    folder = write_ensemble_report_task(results, data, ensemble, selection, str(from_report),
-                                        chosen.trial_key, run.reports_dir)
+    selection = Selection(" + ".join(dict.fromkeys(c.selection.run for c in reports)),
+                          completed, report=", ".join(Path(f).name for f in sources))
+    # one report: its own choice is the single model to beat; several: the pool's best
+    best_key = reports[0].trial_key if len(reports) == 1 else None
+    folder = write_ensemble_report_task(results, data, ensemble, selection, sources, best_key,
+                                        run.reports_dir)
     say(f"Report: {folder}")
     return folder
 
@@ -90,12 +104,11 @@ def ensemble_from_report(from_report: FromReport = None, ensemble: Picks = DEFAU
 def check(kwargs: dict) -> None:
     """Before anything starts: the folder is a search's report; the data and split are the
     report's where the command line gives none."""
-    folder = kwargs.get("from_report")
-    if folder is None:
-        raise UserError("give --from-report DIR: the report folder of a search "
-                        "(reports/grid-..., reports/random-..., reports/tune-...)")
-    report_trials(folder)
-    kwargs["run"] = read_report_model(folder).run_options(kwargs.get("run", RunOptions()))
+    sources = folders(kwargs.get("from_report"))
+    for folder in sources:
+        report_trials(folder)
+        read_report_model(folder)
+    kwargs["run"] = read_report_model(sources[0]).run_options(kwargs.get("run", RunOptions()))
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -364,6 +364,27 @@ def test_from_report_trains_nothing_skips_a_trial_without_weights_and_counts_it(
 
 
 @flows
+def test_two_reports_of_the_same_data_make_one_pool(grid, digits, tmp_path):
+    from flows.ensemble import ensemble_from_report
+    from flows.grid import grid_search
+
+    run = RunOptions(data=str(digits), reports_dir=str(tmp_path))
+    other = Path(grid_search(space=make_space(units=[4], dropout=[0.2], batch_size=[32],
+                                              epochs=2), run=run))
+    folder = Path(ensemble_from_report([str(grid), str(other)], 3, run))
+    record = record_of(folder)
+    ensemble = record["ensemble"]
+    assert ensemble["completed"] == 7  # 6 cells + 1, whatever a test deleted
+    assert ensemble["candidates"] + ensemble["skipped"] == 7
+    assert record["chosen"]["report"] == f"{grid.name}, {other.name}"
+    assert record["chosen"]["run"] == "grid"
+    pool = pd.concat([pd.read_parquet(f / "trials.parquet") for f in (grid, other)])
+    usable = pool[pool["weights_path"].map(lambda w: Path(w).is_file())]
+    assert record["comparison"]["best_single"]["val_accuracy"] == usable["val_accuracy"].max()
+    assert "the reports" in (folder / "report.md").read_text()
+
+
+@flows
 def test_predict_and_serve_take_the_ensemble(grid, digits, tmp_path):
     import keras
     from test_serve import app_client

@@ -152,20 +152,22 @@ Every k from 1 to {ensemble['k']}: `{TABLE}`.
 # python flows/ensemble.py --from-report DIR
 # --------------------------------------------------------------------------------------------
 def write_ensemble_report(results: Sequence[TrialResult], data: DataHandle, k: int,
-                          selection: Selection, source: str | os.PathLike,
+                          selection: Selection, sources: Sequence[str | os.PathLike],
                           best_key: str | None = None,
                           reports_dir: str | os.PathLike | None = None) -> Path:
     """A run folder (``ensemble-…``) with the ensemble of ``k`` picks among the trials of the
-    report ``source`` (``results``, its trials table's rows): ``model/``, ``ensemble.parquet``,
-    ``ensemble.png``, ``report.md``; returns its path."""
+    reports ``sources`` (``results``, their trials tables' rows): ``model/``,
+    ``ensemble.parquet``, ``ensemble.png``, ``report.md``; returns its path."""
+    named = ", ".join(f"`{Path(source)}`" for source in sources)
     with RunFolder(reports_dir or default_reports_dir(), "ensemble") as run:
         model = build_ensemble(run.path, results, data, k, selection, best_key)
         run.keep(MODEL_FOLDER)
         with run.step("report.md"):
             atomic_write_text(run.path / "report.md", f"""# Ensemble report
 
-The ensemble of the trials of the report `{Path(source)}` ({selection.run}, {selection.trials}
-completed trials), on its data (fingerprint `{data.fingerprint}`).
+The ensemble of the trials of {"the report" if len(sources) == 1 else "the reports"} {named}
+({selection.run}, {selection.trials} completed trials), on their data (fingerprint
+`{data.fingerprint}`).
 
 - the model: {model.line()}
 {ensemble_section(model)}""")
@@ -177,7 +179,8 @@ completed trials), on its data (fingerprint `{data.fingerprint}`).
 
 @task(name="ensemble-report")
 def write_ensemble_report_task(results: list[TrialResult], data: DataHandle, k: int,
-                               selection: Selection, source: str, best_key: str | None = None,
+                               selection: Selection, sources: list[str],
+                               best_key: str | None = None,
                                reports_dir: str | None = None) -> str:
-    return str(write_ensemble_report(results, data, k, selection, source, best_key,
+    return str(write_ensemble_report(results, data, k, selection, sources, best_key,
                                      reports_dir))
