@@ -70,7 +70,7 @@ def report_trials(folder: str | Path) -> list[TrialResult]:
 
 
 def folders(from_report: str | list[str] | None) -> list[str]:
-    """``--from-report``'s folders (a deployment may pass one text)."""
+    """``--from-report``'s folders (one text: one folder)."""
     if not from_report:
         raise UserError("give --from-report DIR: the report folder of a search "
                         "(reports/grid-..., reports/random-..., reports/tune-...)")

@@ -347,7 +347,7 @@ def test_from_report_trains_nothing_skips_a_trial_without_weights_and_counts_it(
     Path(gone["weights_path"]).unlink()
     before = {str(p): p.stat().st_mtime_ns for p in Path(gone["weights_path"]).parents[1].rglob(
         "*.weights.npz")}
-    folder = Path(ensemble_from_report(str(grid), 4, RunOptions(data=str(digits),
+    folder = Path(ensemble_from_report([str(grid)], 4, RunOptions(data=str(digits),
                                                                  reports_dir=str(tmp_path))))
     record = record_of(folder)
     assert record["ensemble"]["skipped"] == 1
