@@ -108,6 +108,26 @@ Milliseconds per sample ({latency['machine']}; {latency['how']}):
 """
 
 
+def analyses(record: dict[str, Any], reference: str) -> str:
+    """The card's "Quantitative analyses" (per class, the confusion matrix, the check of the
+    saved model against ``reference``) and its "ONNX" section."""
+    check = record.get("check", {})
+    return f"""## Quantitative analyses
+
+Per class (test split):
+
+{per_class_table(record)}
+
+Confusion matrix (test split; rows: true class, columns: predicted class):
+
+{confusion_table(record)}
+
+The exported model, run on the test split as raw input, predicted
+{check.get('differing_predictions', '?')} of {check.get('samples', '?')} samples differently
+from {reference} (test accuracy {_accuracy(check.get('test_accuracy'))}).
+{onnx_section(record)}"""
+
+
 def intended_use(record: dict[str, Any]) -> str:
     """The card's "Intended use" and "Factors" sections (any model's)."""
     data, spec, classes = record["data"], record["input"], record["classes"]
@@ -149,7 +169,6 @@ def model_card(record: dict[str, Any]) -> str:
     rule = record["normalization"].get("rule") or "the data step's rule"
     sizes = data.get("sizes", {})
     fashion = data.get("name") == "Fashion-MNIST"
-    check = record.get("check", {})
     retrained = ("\n- Its weights were missing when the report was written; the trial was "
                  "trained again (same config, data and seed).\n" if trial.get("retrained")
                  else "")
@@ -235,21 +254,7 @@ fingerprint `{data['fingerprint']}`.
 
 {training_text}
 
-## Quantitative analyses
-
-Per class (test split):
-
-{per_class_table(record)}
-
-Confusion matrix (test split; rows: true class, columns: predicted class):
-
-{confusion_table(record)}
-
-The exported model, run on the test split as raw input, predicted
-{check.get('differing_predictions', '?')} of {check.get('samples', '?')} samples differently
-from the project's own network on the processed split (test accuracy
-{_accuracy(check.get('test_accuracy'))}).
-{onnx_section(record)}
+{analyses(record, "the project's own network on the processed split")}
 ## Ethical considerations
 
 No personal data is known to be involved; the data's own documentation governs its use.
@@ -279,7 +284,7 @@ def ensemble_card(record: dict[str, Any]) -> str:
     and the comparison with the best single model, then the sections of any card."""
     ensemble, comparison = record["ensemble"], record["comparison"]
     data, scores, spec = record["data"], record["scores"], record["input"]
-    chosen, versions, check = record["chosen"], record["versions"], record.get("check", {})
+    chosen, versions = record["chosen"], record["versions"]
     sizes = data.get("sizes", {})
     members = ensemble["members"]
     member_rows = [[m["name"], f"`{m['trial_key']}`", m["picks"], f"{m['weight']:.3g}",
@@ -373,21 +378,8 @@ The training split of the same data ({sizes.get('train', '?')} samples) trained 
 the validation split ({sizes.get('validation', '?')} samples) chose their epochs, the search's
 trials and the ensemble's picks.
 
-## Quantitative analyses
-
-Per class (test split):
-
-{per_class_table(record)}
-
-Confusion matrix (test split; rows: true class, columns: predicted class):
-
-{confusion_table(record)}
-
-The exported model, run on the test split as raw input, predicted
-{check.get('differing_predictions', '?')} of {check.get('samples', '?')} samples differently
-from the members' weighted average computed from their weights on the processed split (test
-accuracy {_accuracy(check.get('test_accuracy'))}).
-{onnx_section(record)}
+{analyses(record, "the members' weighted average computed from their weights on the "
+                   "processed split")}
 ## Ethical considerations
 
 No personal data is known to be involved; the data's own documentation governs its use.

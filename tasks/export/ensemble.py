@@ -22,7 +22,6 @@ latency) in place of ``trial``; ``MODEL.md`` is the ensemble's card
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,16 @@ from tasks.ensemble.choose import EnsembleChoice
 from tasks.ensemble.selection import log_loss
 from tasks.export.card import ensemble_card
 from tasks.export.exporter import (
-    MODEL_FILE,
     ModelExport,
     Selection,
     class_scores,
     common_record,
     model_key,
     raw_inputs,
-    readable_json,
     versions,
+    write_model_folder,
 )
 from tasks.export.inputs import ModelInput, model_input
-from tasks.files import atomic_path, atomic_write_text
 
 METHOD = ("greedy ensemble selection with replacement (Caruana et al., ICML 2004): each pick "
           "adds the trial that gives the average of the probabilities picked so far the best "
@@ -104,7 +101,6 @@ def export_ensemble(choice: EnsembleChoice, data: DataHandle, folder: str | Path
     from tasks.engine.model import predict_probabilities, read_weights
     from tasks.engine.train import release_tensorflow_memory
     from tasks.export.network import build_standalone
-    from tasks.export.onnx_model import export_onnx
     from tasks.trial.latency import machine
 
     spec = model_input(data)
@@ -134,15 +130,7 @@ def export_ensemble(choice: EnsembleChoice, data: DataHandle, folder: str | Path
     record = ensemble_record(choice, data, spec, selection, key, name, labels, y_val,
                              probabilities, val_probabilities, reference, latency,
                              [label for _, label in named])
-    folder = Path(folder)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    with atomic_path(folder / MODEL_FILE) as tmp:
-        model.save(tmp)
-    record["onnx"] = export_onnx(model, folder, raw_test, probabilities)
-    atomic_write_text(folder / "model.json", readable_json(record) + "\n")
-    atomic_write_text(folder / "MODEL.md", ensemble_card(record))
+    folder = write_model_folder(folder, model, record, ensemble_card, raw_test, probabilities)
     del model
     release_tensorflow_memory()
     return ModelExport(folder=folder, model_key=key, trial_key="",

@@ -236,7 +236,6 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
     from tasks.engine.model import predict_probabilities, read_weights
     from tasks.engine.train import release_tensorflow_memory
     from tasks.export.network import build_standalone, network_of
-    from tasks.export.onnx_model import export_onnx
 
     if result.data_fingerprint != data.fingerprint:
         raise ValueError(f"trial {result.trial_key} was trained on data "
@@ -260,6 +259,24 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
         record["refit"] = refit_record(result, data, search, search_data)
         record["data"]["split_text"] += ("; the refit model trained on the training and "
                                          "validation splits together")
+    folder = write_model_folder(folder, model, record, model_card, raw_test, probabilities)
+    del model
+    release_tensorflow_memory()
+    return ModelExport(folder=folder, model_key=key, trial_key=result.trial_key,
+                       val_accuracy=float(result.val_accuracy),
+                       test_accuracy=float(result.test_accuracy), retrained=retrained,
+                       check=record["check"], refit=record.get("refit"),
+                       onnx=record["onnx"], rule=spec.rule)
+
+
+def write_model_folder(folder: str | os.PathLike, model, record: dict[str, Any], card,
+                       raw_test: np.ndarray, probabilities: np.ndarray) -> Path:
+    """The model folder at ``folder`` (replaced if it exists): ``model.keras``,
+    ``model.onnx`` where the ``export`` extra passes its check against ``probabilities`` (the
+    model's on ``raw_test``; ``record["onnx"]`` says how it went), ``model.json`` and
+    ``MODEL.md`` (``card(record)``)."""
+    from tasks.export.onnx_model import export_onnx
+
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
@@ -268,14 +285,8 @@ def export_model(result: TrialResult, data: DataHandle, folder: str | os.PathLik
         model.save(tmp)
     record["onnx"] = export_onnx(model, folder, raw_test, probabilities)
     atomic_write_text(folder / "model.json", readable_json(record) + "\n")
-    atomic_write_text(folder / "MODEL.md", model_card(record))
-    del model
-    release_tensorflow_memory()
-    return ModelExport(folder=folder, model_key=key, trial_key=result.trial_key,
-                       val_accuracy=float(result.val_accuracy),
-                       test_accuracy=float(result.test_accuracy), retrained=retrained,
-                       check=record["check"], refit=record.get("refit"),
-                       onnx=record["onnx"], rule=spec.rule)
+    atomic_write_text(folder / "MODEL.md", card(record))
+    return folder
 
 
 def _scores(result: TrialResult) -> dict[str, Any]:
