@@ -2,7 +2,8 @@
 notebook's printed numbers (the material of docs/results.md).
 
     python scripts/publish_results.py --baseline reports/baseline-… --grid reports/grid-… \
-        --study reports/random-… [--repeats reports/random-…] [--tune reports/tune-…]
+        --study reports/random-… [--repeats reports/random-…] [--tune reports/tune-…] \
+        [--ensemble reports/ensemble-… --ensemble-name fashion_ensemble]
 
 Each option names a run's report folder; what is given is copied and tabulated.
 """
@@ -65,8 +66,11 @@ def study_table(folder: Path, label: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("baseline", "grid", "study", "repeats", "tune"):
+    for name in ("baseline", "grid", "study", "repeats", "tune", "ensemble"):
         parser.add_argument(f"--{name}", type=Path, help=f"the {name} run's report folder")
+    parser.add_argument("--ensemble-name", default="ensemble",
+                        help="the name of the ensemble's figure in docs/results/ (default: "
+                             "ensemble, for ensemble.png)")
     args = parser.parse_args()
     if args.baseline:
         copy(args.baseline, {"history.png": "baseline_history.png",
@@ -87,6 +91,10 @@ def main() -> None:
     if args.tune:
         copy(args.tune, {"history.png": "tune_history.png", "slice.png": "tune_slice.png"})
         print((args.tune / "report.md").read_text().split("## The search")[0])
+    if args.ensemble:
+        copy(args.ensemble, {"ensemble.png": f"{args.ensemble_name}.png"})
+        card = (args.ensemble / "model" / "MODEL.md").read_text()
+        print("### The ensemble against" + card.split("### The ensemble against")[1].split("\n##")[0])
 
 
 if __name__ == "__main__":
