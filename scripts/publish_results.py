@@ -94,7 +94,8 @@ def main() -> None:
     if args.ensemble:
         copy(args.ensemble, {"ensemble.png": f"{args.ensemble_name}.png"})
         card = (args.ensemble / "model" / "MODEL.md").read_text()
-        print("### The ensemble against" + card.split("### The ensemble against")[1].split("\n##")[0])
+        section = card.split("### The ensemble against")[1].split("\n##")[0]
+        print("### The ensemble against" + section)
 
 
 if __name__ == "__main__":
