@@ -95,6 +95,13 @@ class Hold:
         for arm in self.folder.glob("*.arm"):
             arm.unlink(missing_ok=True)
 
+    def forget_killed(self) -> None:
+        """Remove every ``.held`` file: call it only when nothing of an earlier run is alive.
+        A trial's process killed with ``kill -9`` while it held cannot remove its own, and a
+        later run's :meth:`wait` would take that file for its own trial."""
+        for path in self.folder.glob("*.held"):
+            path.unlink(missing_ok=True)
+
     def held(self, point: str | None = None) -> list[dict]:
         """Who holds now (at ``point``, or anywhere): the ``.held`` files' contents."""
         found = []

@@ -444,6 +444,7 @@ def kill_a_command(point: str, mnist_file: Path, home: Path) -> dict:
     evidence = ""
     staged = staging_folders(home / "reports")  # left by an earlier kill
     hold = Hold(home / "hold")
+    hold.forget_killed()  # an earlier point's killed worker may have left its .held file
     if training:  # a trial in flight: held before training on a worker
         hold.arm("train")
         env.update(hold.env)
