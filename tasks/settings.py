@@ -80,6 +80,12 @@ class Settings(BaseModel):
                     "PostgreSQL: a restart) before it stops with one line (a rerun resumes); "
                     "a run's value travels with its trials to the workers")
 
+    onnx_max_params: int = Field(
+        5_000_000, ge=0, json_schema_extra={"env": "PIPELINE_ONNX_MAX_PARAMS"},
+        description="the most parameters a model may have for its `model.onnx` to be written "
+                    "(the `export` extra): tf2onnx's conversion takes about 310 bytes of "
+                    "memory per parameter (3.5 GB for an ensemble of 11.2 M); a larger model "
+                    "gets no `model.onnx`, and `model.json` and the card say why; 0: no limit")
     tune_grace: float = Field(
         60.0, ge=1, json_schema_extra={"env": "PIPELINE_TUNE_GRACE"},
         description="seconds a tune's running trial may go without a heartbeat (one every "

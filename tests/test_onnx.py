@@ -113,3 +113,26 @@ def test_without_the_export_extra_no_onnx_is_written_and_the_record_says_why(tmp
     from tasks.export.card import onnx_section
 
     assert "No `model.onnx`" in onnx_section({"onnx": record})
+
+
+@needs_extra
+def test_a_model_above_the_parameter_limit_is_not_converted_and_the_record_says_why(
+        tmp_path, monkeypatch):
+    """tf2onnx's conversion takes about 310 bytes of memory per parameter (an ensemble of
+    11.2 M parameters: 3.5 GB): above ``PIPELINE_ONNX_MAX_PARAMS`` nothing is converted; at
+    the limit, and with 0 (no limit), the model is."""
+    model, x = image_model()  # 120*16 + 16 + 16*4 + 4 = 2004 parameters
+    expected = keras_probabilities(model, x)
+    assert model.count_params() == 2004
+    monkeypatch.setenv("PIPELINE_ONNX_MAX_PARAMS", "2003")
+    record = onnx_model.export_onnx(model, tmp_path, x, expected)
+    assert not record["written"] and not (tmp_path / "model.onnx").exists()
+    assert "2,004 parameters" in record["reason"]
+    assert "PIPELINE_ONNX_MAX_PARAMS=2,003" in record["reason"]
+    from tasks.export.card import onnx_section
+
+    assert "2,004 parameters" in onnx_section({"onnx": record})
+    for limit in ("2004", "0"):
+        monkeypatch.setenv("PIPELINE_ONNX_MAX_PARAMS", limit)
+        assert onnx_model.export_onnx(model, tmp_path, x, expected)["written"], limit
+        (tmp_path / "model.onnx").unlink()

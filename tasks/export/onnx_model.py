@@ -163,9 +163,18 @@ def export_onnx(model, folder: Path, x_raw: np.ndarray,
     check against ``keras_probabilities`` (the Keras model's on the raw test split ``x_raw``);
     returns what ``model.json`` records under ``onnx``. Never raises for a failed conversion:
     the record says what failed, and no ``model.onnx`` is left."""
+    from tasks.settings import current
+
     available, why = onnx_available()
     if not available:
         return {"written": False, "reason": why}
+    limit, parameters = current().onnx_max_params, int(model.count_params())
+    if limit and parameters > limit:
+        return {"written": False,
+                "reason": f"the model has {parameters:,} parameters, more than "
+                          f"PIPELINE_ONNX_MAX_PARAMS={limit:,} (tf2onnx's conversion takes "
+                          "about 310 bytes of memory per parameter); set it higher, or 0 for "
+                          "no limit, to convert it"}
     path = folder / ONNX_FILE
     record: dict[str, Any] = {"written": False, "file": ONNX_FILE,
                               "versions": package_versions()}
