@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -95,21 +96,19 @@ class Hold:
         for arm in self.folder.glob("*.arm"):
             arm.unlink(missing_ok=True)
 
-    def forget_killed(self) -> None:
-        """Remove every ``.held`` file: call it only when nothing of an earlier run is alive.
-        A trial's process killed with ``kill -9`` while it held cannot remove its own, and a
-        later run's :meth:`wait` would take that file for its own trial."""
-        for path in self.folder.glob("*.held"):
-            path.unlink(missing_ok=True)
-
     def held(self, point: str | None = None) -> list[dict]:
-        """Who holds now (at ``point``, or anywhere): the ``.held`` files' contents."""
+        """Who holds now (at ``point``, or anywhere): the ``.held`` files' contents, but for
+        those of a process of this host that is gone: a trial's process killed with
+        ``kill -9`` while it held cannot remove its own file, and a later wait would take it
+        for a trial in flight."""
         found = []
         for path in self.folder.glob(f"*.{point or '*'}.held"):
             try:
-                found.append(json.loads(path.read_text()))
+                info = json.loads(path.read_text())
             except (OSError, ValueError):  # removed, or being replaced
                 continue
+            if info["host"] != socket.gethostname() or alive(info["pid"]):
+                found.append(info)
         return found
 
     def wait(self, point: str, count: int = 1, where=None, *, what: str = "",
@@ -142,3 +141,12 @@ class Hold:
         wait_for(progressed, what, timeout, why=why, every=0.02)
         return self.wait(point, where=lambda h: h["key"] not in released,
                          what=f"a trial held at {point} after {what}")[0]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

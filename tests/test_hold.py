@@ -71,6 +71,24 @@ def test_a_hold_gives_up_after_its_time_limit(tmp_path, caplog):
     assert Hold(tmp_path).held() == []
 
 
+def test_the_held_file_of_a_killed_process_is_no_hold(tmp_path):
+    """A trial's process killed with kill -9 while it held leaves its ``.held`` file; a later
+    wait must not take it for a trial in flight (another host's file counts: its processes
+    cannot be seen from here)."""
+    import json
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    here = socket.gethostname()
+    for key, host, pid in (("dead", here, int(gone.stdout)), ("live", here, os.getpid()),
+                           ("elsewhere", here + "-other", int(gone.stdout))):
+        (tmp_path / f"{key}.train.held").write_text(json.dumps(
+            {"key": key, "point": "train", "host": host, "pid": pid, "attempt": 1}))
+    assert sorted(h["key"] for h in Hold(tmp_path).held("train")) == ["elsewhere", "live"]
+
+
 def test_the_epoch_hooks_delay_hold_then_call_the_trials_own_callback(tmp_path, monkeypatch):
     calls = []
     own = calls.append

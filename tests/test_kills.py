@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
-from holds import Hold, speed_env
+from holds import Hold, alive, speed_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,15 +57,6 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
     env.pop("PIPELINE_LOCKS", None)
     env.pop("PIPELINE_FAULTS", None)
     return env
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def in_session(sid: int) -> set[int]:
@@ -444,7 +435,6 @@ def kill_a_command(point: str, mnist_file: Path, home: Path) -> dict:
     evidence = ""
     staged = staging_folders(home / "reports")  # left by an earlier kill
     hold = Hold(home / "hold")
-    hold.forget_killed()  # an earlier point's killed worker may have left its .held file
     if training:  # a trial in flight: held before training on a worker
         hold.arm("train")
         env.update(hold.env)
